@@ -1,0 +1,138 @@
+"""The composition root: broker, streams, the events consumer, the API, start and stop.
+
+Start-up order matters for readiness (CONTRACT section 0): the store is opened (leftover temp
+files swept) and the streams and durable consumer declared *before* the broker starts its
+subscribers, so a worker that answers ``api.get`` has everything in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import suppress
+from typing import Any
+
+import nats.errors
+from faststream import FastStream
+from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+
+from worker.api import Api
+from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
+from worker.ingest import Ingestor
+from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
+from worker.settings import Settings
+from worker.store.files import FileStore
+
+log = logging.getLogger(__name__)
+API_QUEUE = "rmos-worker-api"
+STOP_TIMEOUT_S = 30.0
+
+
+class _Broker(NatsBroker):
+    """A NatsBroker whose stop cannot hang or fail on a connection that is already gone."""
+
+    async def stop(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await asyncio.wait_for(super().stop(*args, **kwargs), STOP_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError) as exc:  # drain() can hang or refuse
+            log.warning("NATS drain did not finish (%r); closing the connection", exc)
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                await connection.close()
+            self.config.disconnect()
+
+
+class Worker:
+    """One worker process: owns the broker, the store and the consumer task."""
+
+    def __init__(self, settings: Settings, nats_url: str) -> None:
+        self.settings = settings
+        self.broker = _Broker(
+            nats_url,
+            max_reconnect_attempts=-1,  # nats-py's default gives up after 60 tries, then spins
+            reconnect_time_wait=1,
+            closed_cb=self._on_closed,
+            graceful_timeout=settings.graceful_timeout_s,
+            log_level=logging.DEBUG,  # one line per API call is noise at INFO
+        )
+        self.app = FastStream(
+            self.broker,
+            on_startup=[self._on_startup],
+            after_startup=[self._after_startup],
+            on_shutdown=[self._on_shutdown],
+            after_shutdown=[self._after_shutdown],
+        )
+        self.store = FileStore(settings.data_dir)
+        self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
+        self.dead_letters = DeadLetters(self.broker, settings)
+        self.api = Api(self.store, self.ingestor)
+        self._consumer: EventConsumer | None = None
+        self._consumer_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._register_subscribers()
+
+    def _register_subscribers(self) -> None:
+        subjects = self.settings.subjects
+        prefix = subjects.api + "."
+
+        @self.broker.subscriber(f"{subjects.api}.>", queue=API_QUEUE)
+        async def api_request(msg: NatsMessage) -> NatsResponse:
+            op = msg.raw_message.subject.removeprefix(prefix)
+            reply = await self.api.handle(op, msg.body)
+            return NatsResponse(reply, headers={"content-type": "application/json"})
+
+        watcher = MaxDeliveriesWatcher(self.broker, self.dead_letters, self.settings)
+
+        @self.broker.subscriber(watcher.subject, queue=API_QUEUE)
+        async def max_deliveries(msg: NatsMessage) -> None:
+            try:
+                await watcher.on_advisory(json.loads(msg.body))
+            except Exception:
+                log.exception("MAX_DELIVERIES advisory not handled: %r", msg.body[:500])
+
+    async def _on_closed(self) -> None:
+        if not self._stopping:
+            log.error("NATS connection closed for good; stopping")
+            self.app.exit()
+
+    async def _on_startup(self) -> None:
+        await self.store.open()
+        await self.broker.connect()
+        js = self.broker.config.connection_state.stream
+        await ensure_streams(js, self.settings.subjects)
+        await ensure_consumer(
+            js, self.settings.subjects.events_stream, events_consumer_config(self.settings)
+        )
+
+    async def _after_startup(self) -> None:
+        js = self.broker.config.connection_state.stream
+        self._consumer = EventConsumer(js, self.ingestor, self.dead_letters, self.settings)
+        self._consumer_task = asyncio.create_task(self._consumer.run(), name="events-consumer")
+        self._consumer_task.add_done_callback(self._on_consumer_done)
+        log.info("rmos-runs worker ready: data dir %s", self.settings.data_dir)
+
+    def _on_consumer_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("events consumer died; stopping", exc_info=task.exception())
+            self.app.exit()
+
+    async def _on_shutdown(self) -> None:
+        self._stopping = True
+        if self._consumer is None or self._consumer_task is None:
+            return
+        self._consumer.stop()
+        try:
+            await asyncio.wait_for(self._consumer_task, self.settings.graceful_timeout_s)
+        except TimeoutError:
+            log.warning("events consumer did not finish in time; its messages will be redelivered")
+        except Exception:
+            log.exception("events consumer failed")
+
+    async def _after_shutdown(self) -> None:
+        self.store.close()
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT or a closed connection; exits after a graceful stop."""
+        with suppress(asyncio.CancelledError):
+            await self.app.run()

@@ -1,0 +1,88 @@
+"""A small async client for producers, explainers and tests: plain nats-py, no FastStream.
+
+async with await RunsClient.connect("nats://127.0.0.1:4222") as runs:
+    await runs.publish_event(event)         # JetStream, with the right subject and Nats-Msg-Id
+    run = await runs.get(run_id)            # request–reply; errors raise RunsApiError
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import PubAck
+
+from contracts.subjects import Subjects
+
+
+class RunsApiError(Exception):
+    """An ``{"ok": false}`` reply, with the contract's error code."""
+
+    def __init__(self, code: str, message: str, reply: dict[str, Any]) -> None:
+        self.code = code
+        self.message = message
+        self.reply = reply
+        super().__init__(f"{code}: {message}")
+
+
+class RunsClient:
+    """Publishes run events and calls the worker's request–reply API."""
+
+    def __init__(self, nc: Client, subjects: Subjects | None = None, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.subjects = subjects or Subjects()
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls, url: str, subjects: Subjects | None = None, timeout: float = 5.0
+    ) -> RunsClient:
+        return cls(await nats.connect(url, max_reconnect_attempts=-1), subjects, timeout)
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    async def __aenter__(self) -> RunsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def publish_event(self, event: dict[str, Any]) -> PubAck:
+        """Publish on ``events.<source>`` with ``Nats-Msg-Id: <source>:<event_id>``."""
+        return await self.publish_raw(
+            self.subjects.event(event["source"]),
+            json.dumps(event).encode(),
+            msg_id=f"{event['source']}:{event['event_id']}",
+        )
+
+    async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None) -> PubAck:
+        """Publish any bytes with JetStream (tests use it for malformed events)."""
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        return await self.js.publish(subject, data, headers=headers, timeout=self.timeout)
+
+    async def request(self, op: str, body: bytes | dict[str, Any]) -> dict[str, Any]:
+        """One API call; returns the ``ok`` reply or raises :class:`RunsApiError`."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        msg = await self.nc.request(self.subjects.api_op(op), data, timeout=self.timeout)
+        reply: dict[str, Any] = json.loads(msg.data)
+        if not reply.get("ok"):
+            error = reply.get("error", {})
+            raise RunsApiError(error.get("code", "INTERNAL"), error.get("message", ""), reply)
+        return reply
+
+    async def get(self, run_id: str) -> dict[str, Any]:
+        run: dict[str, Any] = (await self.request("get", {"run_id": run_id}))["run"]
+        return run
+
+    async def create(self, event: dict[str, Any]) -> dict[str, Any]:
+        return await self.request("create", event)

@@ -1,0 +1,236 @@
+"""The events consumer: pull a batch, ingest it with one group commit, then settle each message.
+
+This is the one place where outcomes become JetStream acknowledgements:
+
+    Stored (new or duplicate)        ack, after the batch is durable
+    RejectedError                    dead letter (awaiting its PubAck), then term
+    TransientError / a failed DLQ    nak with a delay growing with the delivery count
+    ... on the last allowed delivery dead letter MAX_DELIVERIES, then term
+
+The pull loop is our own rather than FastStream's batch ``PullSub``: that one waits until a batch
+is full or its timeout passes, so a lone event either waits the whole timeout or the consumer polls
+the server at 1/timeout when idle. Here a fetch of 1 blocks until an event exists, and the rest of
+the batch is topped up with what is already waiting (``batch_linger_s``), so an idle worker costs
+nothing and a lone event is durable within a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import nats.errors
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from contracts.codes import DeadLetterCode
+from contracts.subjects import EVENTS_CONSUMER
+from worker.core.dead_letter import dead_letter, dead_letter_msg_id
+from worker.core.timefmt import utc_now
+from worker.errors import RejectedError, TransientError
+from worker.ingest import Delivery, Ingestor, Stored
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+IDLE_FETCH_S = 1.0  # how long one idle fetch waits; also bounds how long stop() waits for it
+
+
+class DeadLetters:
+    """Publishes dead letters with JetStream; returns once the DLQ stream has stored them."""
+
+    def __init__(
+        self, broker: NatsBroker, settings: Settings, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._broker = broker
+        self._subjects = settings.subjects
+        self._timeout = settings.publish_timeout_s
+        self._clock = clock
+
+    async def send(
+        self,
+        *,
+        code: str,
+        detail: str,
+        subject: str,
+        headers: dict[str, str],
+        payload: bytes,
+        stream: str,
+        stream_seq: int | None,
+        deliveries: int | None,
+    ) -> None:
+        body = dead_letter(
+            code=code,
+            detail=detail,
+            subject=subject,
+            headers=headers,
+            payload=payload,
+            stream_seq=stream_seq,
+            deliveries=deliveries,
+            now=self._clock(),
+        )
+        await self._broker.publish(
+            json.dumps(body).encode(),
+            self._subjects.dead_letter(code),
+            headers={
+                "Nats-Msg-Id": dead_letter_msg_id(stream, stream_seq, payload),
+                "content-type": "application/json",
+            },
+            stream=self._subjects.dlq_stream,
+            timeout=self._timeout,
+        )
+
+    async def send_for(self, msg: Msg, code: str, detail: str) -> None:
+        """Dead-letter a message delivered by JetStream."""
+        meta = msg.metadata
+        await self.send(
+            code=code,
+            detail=detail,
+            subject=msg.subject,
+            headers=dict(msg.headers or {}),
+            payload=msg.data,
+            stream=meta.stream,
+            stream_seq=meta.sequence.stream,
+            deliveries=meta.num_delivered,
+        )
+
+
+class EventConsumer:
+    """Runs the pull loop of the durable consumer on ``events.>`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        ingestor: Ingestor,
+        dead_letters: DeadLetters,
+        settings: Settings,
+    ) -> None:
+        self._js = js
+        self._ingestor = ingestor
+        self._dead_letters = dead_letters
+        self._settings = settings
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        sub = await self._js.pull_subscribe_bind(
+            durable=EVENTS_CONSUMER, stream=self._settings.subjects.events_stream
+        )
+        try:
+            while not self._stopping.is_set():
+                msgs = await self._next_batch(sub)
+                if msgs and self._stopping.is_set():
+                    await asyncio.gather(*(m.nak() for m in msgs))  # hand back, no delay
+                elif msgs:
+                    await self.handle(msgs)
+        finally:
+            await sub.unsubscribe()
+
+    def stop(self) -> None:
+        """Stop fetching; the batch in hand is finished first."""
+        self._stopping.set()
+
+    async def _next_batch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            msgs = await sub.fetch(1, timeout=IDLE_FETCH_S)
+        except nats.errors.TimeoutError:
+            return []
+        except nats.errors.Error as exc:  # disconnected, reconnecting: do not spin
+            log.warning("fetch failed (%s); retrying", exc)
+            await asyncio.sleep(0.5)
+            return []
+        want = self._settings.batch_size - len(msgs)
+        if want > 0:
+            with contextlib.suppress(nats.errors.Error):  # nothing more waiting: go with these
+                msgs += await sub.fetch(want, timeout=max(self._settings.batch_linger_s, 0.001))
+        return msgs
+
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        """Ingest and settle one batch. Never raises: every message leaves settled or nak'ed."""
+        deliveries = [
+            Delivery(m.data, m.subject.rpartition(".")[2], m.metadata.timestamp) for m in msgs
+        ]
+        try:
+            outcomes = await self._ingestor.ingest(deliveries)
+        except TransientError as exc:
+            log.warning("batch of %d not stored: %s", len(msgs), exc)
+            await asyncio.gather(*(self._retry(m, exc) for m in msgs))
+            return
+        except Exception as exc:
+            if len(msgs) > 1:  # isolate the message that breaks the batch
+                log.exception("batch of %d failed; retrying one by one", len(msgs))
+                for m in msgs:
+                    await self.handle([m])
+                return
+            log.exception("event at stream seq %s failed", msgs[0].metadata.sequence.stream)
+            await self._retry(msgs[0], exc)
+            return
+        await asyncio.gather(*(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True)))
+
+    async def _settle(self, msg: Msg, outcome: Stored | RejectedError) -> None:
+        if isinstance(outcome, Stored):
+            await msg.ack()
+            return
+        try:
+            await self._dead_letters.send_for(msg, outcome.code, outcome.detail)
+        except Exception as exc:
+            log.warning("dead letter for seq %s not stored: %s", msg.metadata.sequence.stream, exc)
+            await self._retry(msg, exc)
+            return
+        log.info("dead-lettered seq %s: %s", msg.metadata.sequence.stream, outcome)
+        await msg.term()
+
+    async def _retry(self, msg: Msg, exc: BaseException) -> None:
+        """Nak with a growing delay; on the last allowed delivery, dead-letter instead."""
+        delivered = msg.metadata.num_delivered
+        if delivered >= self._settings.max_deliver:
+            detail = f"failed on all {delivered} deliveries; last error: {exc!r}"
+            try:
+                await self._dead_letters.send_for(msg, DeadLetterCode.MAX_DELIVERIES, detail)
+            except Exception:
+                log.exception("MAX_DELIVERIES dead letter not stored; the advisory will retry it")
+                return
+            await msg.term()
+            return
+        await msg.nak(delay=nak_delay(delivered, self._settings))
+
+
+def nak_delay(delivered: int, settings: Settings) -> float:
+    """Exponential back-off: base, 2×base, 4×base, ... capped."""
+    return float(min(settings.nak_base_delay_s * 2 ** (delivered - 1), settings.nak_max_delay_s))
+
+
+class MaxDeliveriesWatcher:
+    """Dead-letters what JetStream gave up on while no worker could (e.g. it crashed each time).
+
+    JetStream publishes an advisory when a message reaches ``max_deliver`` without an ack; the
+    message stays in the stream (limits retention), so it is read back by sequence.
+    """
+
+    def __init__(self, broker: NatsBroker, dead_letters: DeadLetters, settings: Settings) -> None:
+        self._broker = broker
+        self._dead_letters = dead_letters
+        self._stream = settings.subjects.events_stream
+
+    @property
+    def subject(self) -> str:
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{EVENTS_CONSUMER}"
+
+    async def on_advisory(self, advisory: dict[str, Any]) -> None:
+        seq = int(advisory["stream_seq"])
+        js = self._broker.config.connection_state.stream
+        original = await js.get_msg(self._stream, seq)
+        await self._dead_letters.send(
+            code=DeadLetterCode.MAX_DELIVERIES,
+            detail=f"not acknowledged after {advisory.get('deliveries')} deliveries",
+            subject=original.subject or "",
+            headers={k: str(v) for k, v in (original.headers or {}).items()},
+            payload=original.data or b"",
+            stream=self._stream,
+            stream_seq=seq,
+            deliveries=advisory.get("deliveries"),
+        )

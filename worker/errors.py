@@ -1,0 +1,29 @@
+"""The worker's exception tree; how each maps to an ack outcome lives in ``worker.consumer``.
+
+WorkerError
+├── RejectedError      refused for good: a dead letter (stream) or an error reply (API)
+└── TransientError     a passing cause (disk full, lost connection): nak with a growing delay
+"""
+
+from __future__ import annotations
+
+from contracts.codes import DeadLetterCode
+
+DETAIL_LIMIT = 4000  # the contract allows 4 KB
+
+
+class WorkerError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+
+class RejectedError(WorkerError):
+    """Input that is refused for good, with the contract's code and a readable reason."""
+
+    def __init__(self, code: DeadLetterCode, detail: str) -> None:
+        self.code = code
+        self.detail = detail[:DETAIL_LIMIT]
+        super().__init__(f"{code}: {self.detail}")
+
+
+class TransientError(WorkerError):
+    """A failure that may pass; the message is handed back for a later delivery."""

@@ -1,0 +1,140 @@
+"""Ingest a batch of event deliveries into the store: the one path for the stream and ``create``.
+
+Pure checks come from ``worker.core.ingest``; this module adds what needs the store: attachment
+look-ups, the parent run, one group commit for the whole batch, and the idempotency rule (the run
+id is the identity, ``hashes.event_sha256`` tells a duplicate from a conflict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from contracts.codes import DeadLetterCode
+from worker.core.ingest import CheckedEvent, build_artifact, check_event
+from worker.core.timefmt import utc_now
+from worker.errors import RejectedError
+from worker.store.base import NewRun, RunStore
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event as the transport handed it over."""
+
+    data: bytes
+    subject_source: str | None  # the subject's last token; None for ``api.create``
+    stored_at: datetime  # when JetStream stored it (or when the request arrived)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """The event is durable as ``run_id`` (now, or already before: ``duplicate``)."""
+
+    run_id: str
+    revision: int
+    duplicate: bool
+
+
+Outcome = Stored | RejectedError
+
+
+class Ingestor:
+    """Turns deliveries into durable artifacts or rejections, a batch at a time."""
+
+    def __init__(
+        self, store: RunStore, *, max_event_bytes: int, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._store = store
+        self._max_event_bytes = max_event_bytes
+        self._clock = clock
+
+    async def ingest(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """One outcome per delivery, in order. Raises ``TransientError`` when nothing is durable."""
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+        checked: dict[int, CheckedEvent] = {}
+        for i, delivery in enumerate(deliveries):
+            try:
+                checked[i] = check_event(
+                    delivery.data,
+                    subject_source=delivery.subject_source,
+                    max_bytes=self._max_event_bytes,
+                )
+            except RejectedError as exc:
+                outcomes[i] = exc
+        await self._check_attachments(checked, outcomes)
+
+        firsts: dict[str, int] = {}
+        for i, event in checked.items():
+            firsts.setdefault(event.run_id, i)
+        artifacts = await self._build(deliveries, checked, firsts)
+        created = await self._store.create_runs(
+            [NewRun(run_id, artifacts[run_id]) for run_id in firsts]
+        )
+        holders = {
+            run_id: artifacts[run_id] if made else await self._store.get_run(run_id)
+            for run_id, made in zip(firsts, created, strict=True)
+        }
+        made_now = {run_id for run_id, made in zip(firsts, created, strict=True) if made}
+        for i, event in checked.items():
+            fresh = event.run_id in made_now and firsts[event.run_id] == i
+            outcomes[i] = _resolve(event, holders[event.run_id], fresh)
+        return [_known(o) for o in outcomes]
+
+    async def _check_attachments(
+        self, checked: dict[int, CheckedEvent], outcomes: list[Outcome | None]
+    ) -> None:
+        sizes: dict[str, int | None] = {}
+        for i, event in list(checked.items()):
+            for sha256, size in event.attachments:
+                if sha256 not in sizes:
+                    sizes[sha256] = await self._store.blob_size(sha256)
+                if sizes[sha256] != size:
+                    found = sizes[sha256]
+                    why = "is not in the blob store" if found is None else f"has {found} bytes"
+                    outcomes[i] = RejectedError(
+                        DeadLetterCode.UNKNOWN_ATTACHMENT,
+                        f"attachment {sha256} {why}; the event says {size}",
+                    )
+                    del checked[i]
+                    break
+
+    async def _build(
+        self,
+        deliveries: Sequence[Delivery],
+        checked: dict[int, CheckedEvent],
+        firsts: dict[str, int],
+    ) -> dict[str, dict[str, Any]]:
+        """The artifact of each run id's first event; parents from this batch or the store."""
+        now = self._clock()
+        artifacts: dict[str, dict[str, Any]] = {}
+        for run_id, i in firsts.items():
+            event = checked[i]
+            parent = None
+            if event.parent_run_id is not None:
+                parent = artifacts.get(event.parent_run_id) or await self._store.get_run(
+                    event.parent_run_id
+                )
+            artifacts[run_id] = build_artifact(
+                event, parent=parent, stored_at=deliveries[i].stored_at, now=now
+            )
+        return artifacts
+
+
+def _known(outcome: Outcome | None) -> Outcome:
+    assert outcome is not None, "every delivery gets an outcome"
+    return outcome
+
+
+def _resolve(event: CheckedEvent, holder: dict[str, Any] | None, fresh: bool) -> Outcome:
+    """Stored (new or duplicate) when the run's holder is this event, else RUN_ID_CONFLICT."""
+    if holder is None:  # the run was there at link time and is gone now: runs are never deleted
+        raise RuntimeError(f"run {event.run_id} vanished from the store")
+    if holder["hashes"]["event_sha256"] == event.event_sha256:
+        return Stored(event.run_id, holder["revision"], duplicate=not fresh)
+    return RejectedError(
+        DeadLetterCode.RUN_ID_CONFLICT,
+        f"run {event.run_id} is held by another event "
+        f"(event_sha256 {holder['hashes']['event_sha256']}, this one {event.event_sha256})",
+    )

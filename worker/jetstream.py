@@ -1,0 +1,69 @@
+"""The streams and durable consumers this worker owns, declared and reconciled at start-up.
+
+FastStream updates streams it declares, but never a durable consumer whose config changed, and
+the contract wants limits retention (any service may attach its own consumers): so both are
+declared here explicitly, with ``add_consumer`` doubling as the update of an existing one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+
+from contracts.subjects import EVENTS_CONSUMER, Subjects
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+DUPLICATE_WINDOW_S = 120.0
+
+
+def stream_configs(subjects: Subjects) -> list[StreamConfig]:
+    """File storage, limits retention, a 2-minute duplicate window, one subject filter each."""
+    return [
+        StreamConfig(
+            name=name,
+            subjects=[subject],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        for name, subject in subjects.streams().items()
+    ]
+
+
+def events_consumer_config(settings: Settings) -> ConsumerConfig:
+    """The worker's durable pull consumer on ``events.>``: explicit acks, bounded redelivery."""
+    return ConsumerConfig(
+        durable_name=EVENTS_CONSUMER,
+        filter_subject=f"{settings.subjects.events}.>",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create each stream, or bring an existing one back to this configuration."""
+    for config in stream_configs(subjects):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            log.warning("stream %s exists with another configuration: updating it", config.name)
+            await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create the durable consumer, or update it in place when its settings changed."""
+    await js.add_consumer(stream, config)

@@ -1,0 +1,94 @@
+"""Process-level entry points: the embedded nats-server, the worker, the demo publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from worker.app import Worker
+from worker.client import RunsApiError, RunsClient
+from worker.demo import demo_events
+from worker.nats_server import NatsServer
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+EMBEDDED_PORT = 4222
+
+
+def url_file(data_dir: Path) -> Path:
+    """Where a worker with an embedded server writes its URL, for local tools to find."""
+    return data_dir / "nats" / "url"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def nats_endpoint(settings: Settings) -> AsyncIterator[str]:
+    """The configured NATS URL, or an embedded server (loopback, store under the data dir)."""
+    if settings.nats_url:
+        yield settings.nats_url
+        return
+    store = settings.data_dir / "nats"
+    server = NatsServer(store, port=EMBEDDED_PORT if _port_free(EMBEDDED_PORT) else None)
+    async with server:
+        url_file(settings.data_dir).write_text(server.url + "\n")
+        log.info("embedded nats-server listening on %s (store %s)", server.url, store)
+        try:
+            yield server.url
+        finally:
+            url_file(settings.data_dir).unlink(missing_ok=True)
+
+
+def resolve_url(settings: Settings) -> str:
+    """For clients: the configured URL, else the one a local embedded worker wrote."""
+    if settings.nats_url:
+        return settings.nats_url
+    path = url_file(settings.data_dir)
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit(f"no NATS URL: pass --nats-url, set RMOS_NATS_URL, or start a worker ({path})")
+
+
+async def run_worker(settings: Settings, *, demo: bool = False) -> int:
+    async with nats_endpoint(settings) as url:
+        worker = Worker(settings, url)
+        demo_task = asyncio.create_task(_demo_when_ready(settings, url)) if demo else None
+        await worker.run()
+        if demo_task is not None:
+            demo_task.cancel()
+    return 0
+
+
+async def _demo_when_ready(settings: Settings, url: str) -> None:
+    async with await RunsClient.connect(url, settings.subjects) as client:
+        for _ in range(200):  # readiness: the worker answers api.get (bounded wait, ~20 s)
+            try:
+                await client.get("run_" + "0" * 32)
+            except RunsApiError:
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        await _publish_demo(client)
+
+
+async def publish_demo(settings: Settings, *, tag: str = "demo") -> int:
+    async with await RunsClient.connect(resolve_url(settings), settings.subjects) as client:
+        await _publish_demo(client, tag)
+    return 0
+
+
+async def _publish_demo(client: RunsClient, tag: str = "demo") -> None:
+    for event in demo_events(tag):
+        ack = await client.publish_event(event)
+        log.info("published %s:%s (stream seq %s)", event["source"], event["event_id"], ack.seq)

@@ -1,0 +1,46 @@
+"""The persistence port: what the worker needs from a store, whatever keeps the bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """An artifact to create if its run id is absent."""
+
+    run_id: str
+    artifact: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What ``attachments.put`` kept beside the bytes."""
+
+    sha256: str
+    size_bytes: int
+    kind: str
+    mime: str
+    filename: str
+
+
+class RunStore(Protocol):
+    """Artifacts and blobs. Every id passed in has been validated against its pattern."""
+
+    async def open(self) -> None:
+        """Create the layout and remove leftovers of a crash; before the first message."""
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stored artifact, or None."""
+
+    async def create_runs(self, runs: Sequence[NewRun]) -> list[bool]:
+        """Create each run that is absent, durably, in one group commit.
+
+        Returns, per run, True when this call created it and False when it already existed.
+        Run ids within one call are distinct. Raises ``TransientError`` when nothing may be acked.
+        """
+
+    async def blob_size(self, sha256: str) -> int | None:
+        """The size of a stored blob, or None when it is not stored."""
