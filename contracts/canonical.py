@@ -20,6 +20,7 @@ from typing import Any, Final
 import rfc8785
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_SAFE_INTEGER",
     "CanonicalError",
     "InvalidJsonError",
@@ -41,6 +42,9 @@ _MIN_SAFE_INTEGER: Final = -MAX_SAFE_INTEGER
 # (ECMAScript at 1e21); non-integral floats are all below 2**53 < 1e16, so only the bottom matters.
 _MIN_PLAIN_FLOAT: Final = 1e-4
 _MAX_PLAIN_FLOAT: Final = 1e16
+# Deepest nesting of arrays and objects parse_json accepts (serde_json's default too). Python's
+# own limit would depend on the caller's stack depth, and rfc8785 recurses once per level.
+MAX_DEPTH: Final = 128
 _MAX_BMP: Final = "\uffff"
 _CHUNK: Final = 1 << 20
 # A JSON escape that decodes to a UTF-16 surrogate; only then can a parsed string hold a lone one.
@@ -48,7 +52,7 @@ _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 # Measured with timeit on CPython 3.11, 1.4 KB artifact-like dict (25 top-level keys, nested
 # decision/hashes/outputs/meta, 2 non-integral floats, 1 attachment): fast path = walk 5.5 µs +
-# json.dumps 14 µs ≈ 20 µs; rfc8785.dumps alone 80 µs, so the fallback (one ``1.0`` added) ≈ 90 µs.
+# json.dumps 14 µs ≈ 20 µs; rfc8785.dumps alone 80 µs, so the fallback (one 1.0 added) ≈ 90-100 µs.
 # parse_json 9.4 µs against json.loads 8.9 µs on the same body.
 
 
@@ -91,6 +95,23 @@ def _placeholder_int(text: str) -> int:
         return int(text)
     except ValueError:
         return 0
+
+
+def _check_depth(text: str, value: Any) -> None:
+    """Raise InvalidJsonError when ``value`` nests arrays and objects deeper than MAX_DEPTH."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return  # cannot nest deeper than it has brackets: the common case, two C calls
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if type(item) is dict else item
+        if depth == MAX_DEPTH:
+            if any(type(child) is dict or type(child) is list for child in children):
+                raise InvalidJsonError(f"nesting deeper than {MAX_DEPTH}")
+            continue
+        stack.extend(
+            (child, depth + 1) for child in children if type(child) is dict or type(child) is list
+        )
 
 
 def _check_surrogates(text: str, value: Any) -> None:
@@ -136,11 +157,12 @@ def _loads(text: str, decoder: json.JSONDecoder = _DECODER) -> Any:
 def parse_json(data: bytes | str) -> Any:
     """Parse a JSON text strictly.
 
-    Raises InvalidJsonError for anything that is not JSON in the contract's sense (including a
-    UTF-8 BOM and non-UTF-8 bytes). Integers beyond ±(2**53 - 1) are returned as they are, so that
-    ``canonical()`` can report them as NonCanonicalValueError; the one exception is an integer
-    literal longer than Python converts (``sys.get_int_max_str_digits()``, 4300 digits), for which
-    parse_json itself raises NonCanonicalValueError once the rest of the text is known to be JSON.
+    Raises InvalidJsonError for anything that is not JSON in the contract's sense, including a
+    UTF-8 BOM, non-UTF-8 bytes and arrays/objects nested deeper than MAX_DEPTH. Integers beyond
+    ±(2**53 - 1) are returned as they are, so that ``canonical()`` can report them as
+    NonCanonicalValueError; the one exception is an integer literal longer than Python converts
+    (``sys.get_int_max_str_digits()``, 4300 digits), for which parse_json itself raises
+    NonCanonicalValueError once the rest of the text is known to be JSON.
     """
     if isinstance(data, str):
         text = data
@@ -156,12 +178,20 @@ def parse_json(data: bytes | str) -> Any:
     except InvalidJsonError:
         raise
     except ValueError:  # int too long to convert: the only other ValueError json.loads raises
-        _check_surrogates(text, _loads(text, _LENIENT_INT_DECODER))
+        _check_parsed(text, _loads(text, _LENIENT_INT_DECODER))
         raise NonCanonicalValueError(
             "an integer literal is too long to convert, beyond ±(2**53 - 1)"
         ) from None
-    _check_surrogates(text, value)
+    _check_parsed(text, value)
     return value
+
+
+def _check_parsed(text: str, value: Any) -> None:
+    if type(value) is dict or type(value) is list:
+        _check_depth(text, value)
+        _check_surrogates(text, value)
+    elif type(value) is str:
+        _check_surrogates(text, value)
 
 
 # ------------------------------------------------------------------------------ canonicalization

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import nats.js.errors
+from nats.js import JetStreamContext
 
 from worker.client import RunsApiError, RunsClient
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE_RUN = "run_" + "0" * 32
@@ -94,3 +100,65 @@ class WorkerProcess:
         if self.proc.returncode is None:
             self.proc.kill()
         await self.proc.wait()
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20.0) -> T:
+    """Poll ``check`` until it returns something other than None; bounded by ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result is not None:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def stored(client: RunsClient, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The artifact once ``get`` finds it."""
+
+    async def probe() -> dict[str, Any] | None:
+        try:
+            return await client.get(run_id)
+        except RunsApiError as exc:
+            if exc.code != "RUN_NOT_FOUND":
+                raise
+            return None
+
+    return await eventually(probe, timeout)
+
+
+async def dead_letters(
+    js: JetStreamContext, stream: str = "RMOS_DLQ"
+) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """Every dead letter stored so far, as (body, headers), oldest first."""
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        return []
+    out: list[tuple[dict[str, Any], dict[str, str]]] = []
+    if not info.state.messages:
+        return out
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        msg = await js.get_msg(stream, seq)
+        out.append((json.loads(msg.data or b"{}"), dict(msg.headers or {})))
+    return out
+
+
+async def wait_settled(js: JetStreamContext, timeout: float = 30.0) -> None:
+    """Until the worker's events consumer has nothing pending and nothing unacked."""
+
+    async def probe() -> bool | None:
+        info = await js.consumer_info("RMOS_RUN_EVENTS", "rmos-worker-events")
+        return True if info.num_pending == 0 and info.num_ack_pending == 0 else None
+
+    await eventually(probe, timeout)
+
+
+def run_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "runs").glob("*/*.json"))
+
+
+def temp_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "tmp").rglob("*") if p.name.endswith(".tmp"))

@@ -70,6 +70,7 @@ class Worker:
         self._consumer: EventConsumer | None = None
         self._consumer_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.failed = False
         self._register_subscribers()
 
     def _register_subscribers(self) -> None:
@@ -94,6 +95,7 @@ class Worker:
     async def _on_closed(self) -> None:
         if not self._stopping:
             log.error("NATS connection closed for good; stopping")
+            self.failed = True
             self.app.exit()
 
     async def _on_startup(self) -> None:
@@ -115,6 +117,7 @@ class Worker:
     def _on_consumer_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("events consumer died; stopping", exc_info=task.exception())
+            self.failed = True
             self.app.exit()
 
     async def _on_shutdown(self) -> None:
@@ -122,17 +125,18 @@ class Worker:
         if self._consumer is None or self._consumer_task is None:
             return
         self._consumer.stop()
+        if self._consumer_task.done():
+            return
         try:
             await asyncio.wait_for(self._consumer_task, self.settings.graceful_timeout_s)
         except TimeoutError:
             log.warning("events consumer did not finish in time; its messages will be redelivered")
-        except Exception:
-            log.exception("events consumer failed")
 
     async def _after_shutdown(self) -> None:
         self.store.close()
 
-    async def run(self) -> None:
-        """Run until SIGTERM/SIGINT or a closed connection; exits after a graceful stop."""
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT or a closed connection; the exit code (0 after a clean stop)."""
         with suppress(asyncio.CancelledError):
             await self.app.run()
+        return 1 if self.failed else 0

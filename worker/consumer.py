@@ -137,7 +137,7 @@ class EventConsumer:
     async def _next_batch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
             msgs = await sub.fetch(1, timeout=IDLE_FETCH_S)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises both its own and asyncio's
             return []
         except nats.errors.Error as exc:  # disconnected, reconnecting: do not spin
             log.warning("fetch failed (%s); retrying", exc)
@@ -145,7 +145,7 @@ class EventConsumer:
             return []
         want = self._settings.batch_size - len(msgs)
         if want > 0:
-            with contextlib.suppress(nats.errors.Error):  # nothing more waiting: go with these
+            with contextlib.suppress(TimeoutError, nats.errors.Error):  # nothing more waiting
                 msgs += await sub.fetch(want, timeout=max(self._settings.batch_linger_s, 0.001))
         return msgs
 

@@ -64,10 +64,10 @@ async def run_worker(settings: Settings, *, demo: bool = False) -> int:
     async with nats_endpoint(settings) as url:
         worker = Worker(settings, url)
         demo_task = asyncio.create_task(_demo_when_ready(settings, url)) if demo else None
-        await worker.run()
+        code = await worker.run()
         if demo_task is not None:
             demo_task.cancel()
-    return 0
+    return code
 
 
 async def _demo_when_ready(settings: Settings, url: str) -> None:

@@ -15,6 +15,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from contracts.canonical import (
+    MAX_DEPTH,
     MAX_SAFE_INTEGER,
     CanonicalError,
     InvalidJsonError,
@@ -357,6 +358,30 @@ class TestParseJson:
     )
     def test_accepted(self, body: bytes, expected: Any) -> None:
         assert parse_json(body) == expected
+
+    @pytest.mark.parametrize(
+        ("opening", "leaf", "closing"),
+        [
+            (b"[", b"", b"]"),
+            (b"[", b"1.0", b"]"),
+            (b'{"a":', b"1", b"}"),
+            (b'{"\\ud83d\\ude00":', b"-0.0", b"}"),
+        ],
+    )
+    def test_nesting_depth(self, opening: bytes, leaf: bytes, closing: bytes) -> None:
+        deepest = opening * MAX_DEPTH + leaf + closing * MAX_DEPTH
+        value = parse_json(deepest)
+        assert canonical(value) == rfc8785.dumps(value)
+        assert canonical([value]) == b"[" + rfc8785.dumps(value) + b"]"  # canonical has no limit
+        too_deep = opening * (MAX_DEPTH + 1) + leaf + closing * (MAX_DEPTH + 1)
+        with pytest.raises(InvalidJsonError, match="nesting"):
+            parse_json(too_deep)
+
+    def test_depth_counts_the_deepest_branch(self) -> None:
+        wide = b'{"a":[1,[2]],"b":' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}"
+        assert parse_json(wide)["a"] == [1, [2]]
+        with pytest.raises(InvalidJsonError):
+            parse_json(b'{"a":[1,[2]],"b":' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}")
 
     def test_big_int_is_parsed_then_refused_by_canonical(self) -> None:
         value = parse_json(b'{"n": 9007199254740992}')
