@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts.canonical import derive_run_id, sha256_json
 from contracts.models import RunArtifact
@@ -256,7 +256,7 @@ class TestLifecycle:
             ConsumerConfig(
                 durable_name="rmos-worker-events",
                 filter_subject="rmos.runs.v1.events.>",
-                ack_policy="explicit",
+                ack_policy=AckPolicy.EXPLICIT,
                 max_deliver=-1,
                 max_ack_pending=50_000,
             ),
