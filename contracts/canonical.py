@@ -53,7 +53,7 @@ _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 # Measured with timeit on CPython 3.11, 1.4 KB artifact-like dict (25 top-level keys, nested
 # decision/hashes/outputs/meta, 2 non-integral floats, 1 attachment): fast path = walk 5.5 µs +
 # json.dumps 14 µs ≈ 20 µs; rfc8785.dumps alone 80 µs, so the fallback (one 1.0 added) ≈ 90-100 µs.
-# parse_json 9.4 µs against json.loads 8.9 µs on the same body.
+# parse_json (UTF-8 decode, depth and surrogate checks) 11 µs against json.loads 8.5 µs.
 
 
 class CanonicalError(ValueError):

@@ -6,15 +6,14 @@ reply at all when validation fails, and the contract promises ``INVALID_REQUEST`
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from contracts.api import GetRequest, error_reply, ok_reply
-from contracts.canonical import InvalidJsonError, parse_json
+from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import ApiErrorCode
 from worker.core.ingest import describe_errors
 from worker.core.timefmt import utc_now
@@ -39,7 +38,7 @@ def parse_request(model: type[M], body: bytes) -> M:
     """A validated request, or ``INVALID_REQUEST`` naming what is wrong."""
     try:
         data = parse_json(body)
-    except InvalidJsonError as exc:
+    except CanonicalError as exc:
         raise BadRequestError(ApiErrorCode.INVALID_REQUEST, f"not JSON: {exc}") from None
     try:
         return model.model_validate(data)
@@ -95,7 +94,3 @@ class Api:
         return ok_reply(
             run_id=outcome.run_id, revision=outcome.revision, duplicate=outcome.duplicate
         )
-
-
-def json_body(data: bytes) -> Any:
-    return json.loads(data)

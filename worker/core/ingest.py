@@ -76,6 +76,8 @@ def check_event(raw: bytes, *, subject_source: str | None, max_bytes: int) -> Ch
         parsed = parse_json(raw)
     except InvalidJsonError as exc:
         raise RejectedError(DeadLetterCode.INVALID_JSON, str(exc)) from None
+    except NonCanonicalValueError as exc:  # an integer too long to parse
+        raise RejectedError(DeadLetterCode.SCHEMA_VIOLATION, str(exc)) from None
     if not isinstance(parsed, dict):
         raise RejectedError(
             DeadLetterCode.INVALID_JSON,

@@ -1,0 +1,975 @@
+"""Ingest benchmark: the bare nats-py pull consumer against the worker's durable ingest.
+
+One run on this machine, a real nats-server on loopback, every store on the /work disk:
+
+1. bare     nats-py ``fetch(batch)`` + ``msg.ack()`` of N pre-published events: no parsing, no disk.
+2. empty    the worker (``python -m worker.cli worker``, a subprocess) ingesting N events published
+            concurrently with ``publish_async``: first publish -> every run file on disk and the
+            durable consumer settled (nothing pending, nothing unacked). Latency per event is
+            the run file's mtime minus its publish time (see ``flood_latencies``).
+   backlog  the same worker draining N events published before it started: nothing else on the CPUs.
+   trickle  publish -> ``api.get`` success, events sent one at a time at a steady rate.
+3. ratio    empty / bare (target >= 0.7).
+4. stored   as 2, with --stored runs already in the store (target >= 0.9 of empty).
+
+Every measurement is repeated (fresh server and store each time) and reported as a median, with
+the CPU each process spent per message (from /proc) and, when ``perf`` works, the number of
+``syncfs`` calls (two per group commit: the average batch size follows).
+
+Usage: .venv/bin/python bench/ingest_bench.py [--quick] [--events N] [--stored N] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from contracts.canonical import derive_run_id
+from contracts.subjects import EVENTS_CONSUMER
+from worker.client import RunsApiError, RunsClient
+from worker.core.ingest import build_artifact, check_event
+from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
+from worker.nats_server import NatsServer
+from worker.settings import Settings
+from worker.store.base import NewRun
+from worker.store.files import FileStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TMP_PARENT = ROOT / ".bench-tmp"
+SOURCE = "bench-engine"
+PROBE_RUN = "run_" + "0" * 32
+SETTINGS = Settings()  # the worker's defaults: batch size, consumer config
+SUBJECTS = SETTINGS.subjects
+STREAM = SUBJECTS.events_stream
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET_E2E = 0.7
+TARGET_STORED = 0.9
+
+
+class BenchError(RuntimeError):
+    """A phase failed or timed out; the message carries what is known (worker log tail)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    events: int
+    stored: int
+    reps: int
+    batch: int
+    in_flight: int
+    trickle: int
+    trickle_rate: float
+    integral_floats: bool
+    profile: Path | None
+
+    def ingest_timeout(self) -> float:
+        """Generous: the whole flood at 100 msg/s, plus start-up slack."""
+        return 60.0 + self.events / 100.0
+
+
+# ----------------------------------------------------------------------------------------- events
+
+
+def make_event(tag: str, i: int, integral_floats: bool = False) -> dict[str, Any]:
+    """A ~1.1 KB OK/GREEN feasibility event, shaped like tests/support.event() grown to size.
+
+    ``integral_floats`` adds values like ``120.0`` (as the demo events carry): canonical JSON
+    then leaves its json.dumps fast path for rfc8785 (see DESIGN.md), a slower ingest.
+    """
+    stock: list[float] = [120.0, 120.0, 6.0] if integral_floats else [120.5, 120.5, 6.35]
+    return {
+        "schema": "rmos.run_event.v1",
+        "event_id": f"{tag}-{i:07d}",
+        "source": SOURCE,
+        "mode": "rosette",
+        "tool_id": "saw-0.8mm",
+        "event_type": "feasibility",
+        "status": "OK",
+        "occurred_at": "2025-06-01T12:00:00.123456Z",
+        "engine_id": "feasibility-core",
+        "engine_version": "2.3.1",
+        "toolchain_version": "cam-4.2.0",
+        "material_id": "maple-1.5",
+        "machine_id": "cnc-shapeoko-4",
+        "workflow_session_id": f"ws-{i // 50:05d}",
+        "config_fingerprint": "cfg-7d1e9a2c",
+        "post_processor_id": "grbl-1.1",
+        "feasibility": {
+            "max_depth_mm": 1.25,
+            "min_wall_mm": 0.9,
+            "ok": True,
+            "spindle_rpm": 18000,
+            "feed_mm_min": 1200 + i % 300,
+            "passes": 3,
+            "stock_mm": stock,
+        },
+        "decision": {"risk_level": "GREEN", "score": 90, "warnings": ["inner ring near tool"]},
+        "request": {
+            "design": {
+                "rings": 7,
+                "outer_diameter_mm": 110.5,
+                "inner_diameter_mm": 38.25,
+                "pattern": "herringbone",
+                "segments": 24 + i % 8,
+            },
+            "context": {"material_id": "maple-1.5", "tool_id": "saw-0.8mm", "operator": "bench"},
+        },
+        "outputs": {
+            "gcode_path": f"jobs/{i:07d}/rosette.nc",
+            "opplan_path": f"jobs/{i:07d}/op.json",
+        },
+        "notes": "benchmark event shaped like a production feasibility run",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One event, encoded before any clock starts."""
+
+    msg_id: str
+    payload: bytes
+    run_id: str
+
+
+def prepare(tag: str, n: int, integral_floats: bool) -> list[Prepared]:
+    out = []
+    for i in range(n):
+        event = make_event(tag, i, integral_floats)
+        msg_id = f"{SOURCE}:{event['event_id']}"
+        run_id = derive_run_id(SOURCE, event["event_id"])
+        out.append(Prepared(msg_id, json.dumps(event).encode(), run_id))
+    return out
+
+
+def run_file(data_dir: Path, run_id: str) -> Path:
+    """The store's layout (``FileStore.run_path``) without opening a store."""
+    return data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
+
+
+# ------------------------------------------------------------------------------------ accounting
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process (all its threads) so far; NaN when it is gone."""
+    if pid is None:
+        return math.nan
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, iowait) CPU seconds of the whole machine so far."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK, iowait / CLK_TCK
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of named processes, the rest of the machine and iowait, over one window."""
+
+    pids: dict[str, int | None]
+    _start: dict[str, float] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float]:
+        busy, iowait = system_cpu()
+        sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample["_busy"], sample["iowait"] = busy, iowait
+        return sample
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        end = self._sample()
+        self.used = {k: end[k] - self._start[k] for k in end}
+        mine = sum(v for k, v in self.used.items() if k in self.pids and not math.isnan(v))
+        self.used["others"] = max(0.0, self.used.pop("_busy") - mine)
+        return self.used
+
+
+class SyncfsCounter:
+    """Counts the syncfs(2) calls of one process with ``perf stat`` (a tracepoint: no slowdown)."""
+
+    def __init__(self, pid: int | None, out: Path) -> None:
+        self._pid = pid
+        self._out = out
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        perf = shutil.which("perf")
+        if perf is None or self._pid is None:
+            return
+        self._proc = await asyncio.create_subprocess_exec(
+            perf, "stat", "-x", ",", "-e", "syscalls:sys_enter_syncfs",
+            "-p", str(self._pid), "-o", str(self._out),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(0.3)  # let it attach (the worker is idle meanwhile)
+
+    async def stop(self) -> int | None:
+        if self._proc is None:
+            return None
+        if self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(self._proc.wait(), 10.0)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            for line in self._out.read_text().splitlines():
+                if "sys_enter_syncfs" in line:
+                    return int(line.split(",", 1)[0])
+        return None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def median(values: Sequence[float]) -> float:
+    clean = [v for v in values if not math.isnan(v)]
+    return statistics.median(clean) if clean else math.nan
+
+
+# ----------------------------------------------------------------------------------- processes
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark dies, so no worker outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class WorkerProc:
+    """``python -m worker.cli worker`` as a child process, its output in a log file."""
+
+    def __init__(self, url: str, data_dir: Path, log_path: Path) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.started = time.perf_counter()
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker.cli", "worker",
+                "--nats-url", self.url, "--data-dir", str(self.data_dir),
+                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+                env=env, cwd=ROOT, preexec_fn=_die_with_parent,
+            )  # fmt: skip
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.returncode is not None:
+            raise BenchError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    async def wait_ready(self, client: RunsClient, timeout: float = 60.0) -> float:
+        """Seconds from spawn until the worker answers ``api.get`` (CONTRACT section 0)."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            self.check_alive()
+            try:
+                await client.request("get", {"run_id": PROBE_RUN})
+            except RunsApiError:
+                return time.perf_counter() - self.started
+            except (nats.errors.Error, TimeoutError):
+                await asyncio.sleep(0.05)
+        raise BenchError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    async def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                print(f"  ! worker ignored SIGTERM for {timeout}s: killed", flush=True)
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if not self.log_path.exists():
+            return "(no worker log)"
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def problems(self) -> list[str]:
+        """Log lines at WARNING or above, and traceback heads."""
+        if not self.log_path.exists():
+            return []
+        pattern = re.compile(r" (WARNING|ERROR|CRITICAL) |^Traceback")
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line for line in lines if pattern.search(line)]
+
+
+@contextlib.asynccontextmanager
+async def nats_server(store_dir: Path) -> AsyncIterator[NatsServer]:
+    server = NatsServer(store_dir)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def connection(url: str) -> AsyncIterator[Client]:
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, name="ingest-bench")
+    try:
+        yield nc
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 10.0)
+
+
+@dataclass
+class Findings:
+    """What the worker logs said, across every run of it."""
+
+    lines: Counter[str] = field(default_factory=Counter)
+    exit_codes: list[int | None] = field(default_factory=list)
+    stop_s: list[float] = field(default_factory=list)
+
+    def add(self, worker: WorkerProc, code: int | None, stop_s: float) -> None:
+        self.exit_codes.append(code)
+        self.stop_s.append(stop_s)
+        for line in worker.problems():
+            # strip the timestamp so that repeats count together
+            self.lines[re.sub(r"^\S+ \S+ ", "", line)[:300]] += 1
+
+
+FINDINGS = Findings()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(url: str, data_dir: Path, log_path: Path) -> AsyncIterator[WorkerProc]:
+    worker = WorkerProc(url, data_dir, log_path)
+    await worker.start()
+    ok = False
+    try:
+        yield worker
+        ok = True
+    finally:
+        started = time.perf_counter()
+        code = await worker.stop()
+        FINDINGS.add(worker, code, time.perf_counter() - started)
+        if not ok:
+            print(f"  ! worker log tail ({log_path}):\n{worker.log_tail()}", flush=True)
+
+
+# ------------------------------------------------------------------------------------ publishing
+
+
+async def publish_all(
+    nc: Client, events: Sequence[Prepared], in_flight: int, timeout: float
+) -> tuple[list[int], int]:
+    """Publish with ``publish_async`` (at most ``in_flight`` unacked); wait for every PubAck.
+
+    Returns the wall-clock publish time (ns) of each event and the last stream sequence.
+    """
+    js = nc.jetstream(publish_async_max_pending=in_flight)
+    subject = SUBJECTS.event(SOURCE)
+    sent_ns: list[int] = []
+    futures: list[asyncio.Future[PubAck]] = []
+    async with asyncio.timeout(timeout):
+        for event in events:
+            sent_ns.append(time.time_ns())
+            future = await js.publish_async(
+                subject, event.payload, wait_stall=timeout, headers={"Nats-Msg-Id": event.msg_id}
+            )
+            futures.append(future)
+        acks = await asyncio.gather(*futures)
+    duplicates = sum(1 for ack in acks if ack.duplicate)
+    if duplicates:
+        raise BenchError(f"{duplicates} events were duplicates of earlier ones (reused ids?)")
+    return sent_ns, max(ack.seq for ack in acks)
+
+
+async def wait_settled(js: JetStreamContext, last_seq: int, timeout: float, poll: float) -> float:
+    """``perf_counter()`` when the consumer has acked everything up to ``last_seq``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await js.consumer_info(STREAM, EVENTS_CONSUMER)
+            floor = info.ack_floor.stream_seq if info.ack_floor else 0
+            if info.num_pending == 0 and info.num_ack_pending == 0 and floor >= last_seq:
+                return time.perf_counter()
+            await asyncio.sleep(poll)
+
+
+async def first_delivery(js: JetStreamContext, worker: WorkerProc, timeout: float) -> float:
+    """``perf_counter()`` when the consumer first delivered a message (polled every 5 ms)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            worker.check_alive()
+            with contextlib.suppress(nats.errors.Error):
+                info = await js.consumer_info(STREAM, EVENTS_CONSUMER)
+                if info.delivered is not None and info.delivered.stream_seq > 0:
+                    return time.perf_counter()
+            await asyncio.sleep(0.005)
+
+
+async def dlq_count(js: JetStreamContext) -> int:
+    try:
+        info = await js.stream_info(SUBJECTS.dlq_stream)
+    except nats.errors.Error:
+        return 0
+    return info.state.messages
+
+
+def missing_runs(data_dir: Path, events: Sequence[Prepared]) -> list[str]:
+    return [e.run_id for e in events if not run_file(data_dir, e.run_id).exists()]
+
+
+async def all_files(data_dir: Path, events: Sequence[Prepared], timeout: float) -> None:
+    """Every run file exists; the consumer said it acked them all, so this should be at once."""
+    deadline = time.perf_counter() + timeout
+    missing = missing_runs(data_dir, events)
+    while missing and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
+        missing = [r for r in missing if not run_file(data_dir, r).exists()]
+    if missing:
+        raise BenchError(f"{len(missing)} run files missing after the consumer settled")
+
+
+def flood_latencies(
+    data_dir: Path, events: Sequence[Prepared], sent_ns: Sequence[int]
+) -> list[float]:
+    """Milliseconds from publish to the run file's mtime.
+
+    The mtime is when the worker wrote the temp file, which ``os.link`` put in place: before the
+    two syncfs calls and the ack. So this is a lower bound of the durable latency, short by one
+    group commit (seen in the trickle figures); its granularity is the kernel's coarse clock
+    (a jiffy, <= 4 ms). Under a flood it is dominated by the backlog the publisher builds.
+    """
+    return [
+        (run_file(data_dir, e.run_id).stat().st_mtime_ns - t) / 1e6
+        for e, t in zip(events, sent_ns, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Rep:
+    """One repetition of one phase."""
+
+    rate: float
+    cpu: dict[str, float] = field(default_factory=dict)  # µs per message
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        cpu = " ".join(f"{k} {v:.0f}" for k, v in self.cpu.items())
+        extra = " ".join(f"{k} {v:,.1f}" for k, v in self.extra.items())
+        return f"{self.rate:>9,.0f} msg/s | cpu µs/msg: {cpu} | {extra}"
+
+
+def per_message(used: dict[str, float], n: int) -> dict[str, float]:
+    return {k: v / n * 1e6 for k, v in used.items()}
+
+
+async def bare_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> Rep:
+    """Phase 1: bare nats-py ``fetch(batch)`` + ack of a pre-published backlog."""
+    async with nats_server(work / "nats") as server, connection(server.url) as nc:
+        js = nc.jetstream()
+        await ensure_streams(js, SUBJECTS)
+        await ensure_consumer(js, STREAM, events_consumer_config(SETTINGS))
+        publishing = CpuMeter({"bench": os.getpid(), "nats": server.pid})
+        publishing.start()
+        publish_started = time.perf_counter()
+        _, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
+        publish_s = time.perf_counter() - publish_started
+        pub = per_message(publishing.stop(), len(events))
+        sub = await js.pull_subscribe_bind(durable=EVENTS_CONSUMER, stream=STREAM)
+        meter = CpuMeter({"bench": os.getpid(), "nats": server.pid})
+        meter.start()
+        started = time.perf_counter()
+        got = 0
+        async with asyncio.timeout(cfg.ingest_timeout()):
+            while got < len(events):
+                try:
+                    msgs = await sub.fetch(cfg.batch, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in msgs:
+                    await msg.ack()
+                got += len(msgs)
+        ended = await wait_settled(js, last_seq, 30.0, poll=0.002)
+        used = meter.stop()
+    wall = ended - started
+    cpu = per_message({k: used[k] for k in ("bench", "nats")}, len(events))
+    extra = {
+        "s": wall,
+        "others cores": used["others"] / wall,
+        "publish-only msg/s": len(events) / publish_s,
+        "publish-only bench µs": pub["bench"],
+        "publish-only nats µs": pub["nats"],
+    }
+    return Rep(len(events) / wall, cpu, extra)
+
+
+async def populate(data_dir: Path, n: int, tag: str, integral_floats: bool) -> float:
+    """Store ``n`` runs with the real group-commit path, 1000 a commit; returns seconds taken.
+
+    Artifacts are built once from a real event, then copied with new ids: the ingest path never
+    reads an existing run (only duplicates and parents are read), so their hashes are not redone.
+    """
+    started = time.perf_counter()
+    raw = json.dumps(make_event(tag, 0, integral_floats)).encode()
+    checked = check_event(raw, subject_source=SOURCE, max_bytes=SETTINGS.max_event_bytes)
+    now = datetime.now(UTC)
+    template = build_artifact(checked, parent=None, stored_at=now, now=now)
+    store = FileStore(data_dir)
+    await store.open()
+    try:
+        for start in range(0, n, 1000):
+            runs = []
+            for i in range(start, min(n, start + 1000)):
+                event_id = f"{tag}-{i:07d}"
+                run_id = derive_run_id(SOURCE, event_id)
+                runs.append(NewRun(run_id, {**template, "run_id": run_id, "event_id": event_id}))
+            if not all(await store.create_runs(runs)):
+                raise BenchError("pre-populating: a run already existed")
+    finally:
+        store.close()
+    return time.perf_counter() - started
+
+
+async def ingest_rep(cfg: Config, work: Path, events: Sequence[Prepared], stored: int) -> Rep:
+    """Phases 2 and 4: the worker ingesting a concurrent flood (plus the trickle when empty)."""
+    data_dir = work / "data"
+    extra: dict[str, float] = {}
+    if stored:
+        extra["populate s"] = await populate(data_dir, stored, "stored", cfg.integral_floats)
+    async with (
+        nats_server(work / "nats") as server,
+        running_worker(server.url, data_dir, work / "worker.log") as worker,
+        connection(server.url) as nc,
+    ):
+        client = RunsClient(nc, SUBJECTS, timeout=5.0)
+        extra["ready s"] = await worker.wait_ready(client)
+        rep = await flood(cfg, nc, server, worker, events, work)
+        rep.extra = {**extra, **rep.extra}
+        if not stored and cfg.trickle:
+            tag = f"trickle-{work.name}"
+            trickle_events = prepare(tag, cfg.trickle, cfg.integral_floats)
+            rep.extra.update(await trickle(cfg, client, data_dir, trickle_events))
+        if dead := await dlq_count(nc.jetstream()):
+            raise BenchError(f"{dead} dead letters during the run")
+    return rep
+
+
+async def flood(
+    cfg: Config,
+    nc: Client,
+    server: NatsServer,
+    worker: WorkerProc,
+    events: Sequence[Prepared],
+    work: Path,
+) -> Rep:
+    """Publish everything at once; time it until the last run file is durable and acked."""
+    counter = SyncfsCounter(worker.pid, work / "perf-syncfs.csv")
+    await counter.start()
+    meter = CpuMeter({"worker": worker.pid, "nats": server.pid, "bench": os.getpid()})
+    meter.start()
+    started = time.perf_counter()
+    sent_ns, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
+    published = time.perf_counter()
+    try:
+        ended = await wait_settled(nc.jetstream(), last_seq, cfg.ingest_timeout(), poll=0.01)
+    except TimeoutError:
+        worker.check_alive()
+        raise BenchError(f"worker did not settle:\n{worker.log_tail()}") from None
+    used = meter.stop()
+    syncfs = await counter.stop()
+    await all_files(worker.data_dir, events, 10.0)
+    wall = ended - started
+    latencies = flood_latencies(worker.data_dir, events, sent_ns)
+    extra = {
+        "s": wall,
+        "publish msg/s": len(events) / (published - started),
+        "p50 ms": percentile(latencies, 50),
+        "p99 ms": percentile(latencies, 99),
+        "worker cores": used["worker"] / wall,
+        "iowait s": used["iowait"],
+        "others cores": used["others"] / wall,
+    }
+    if syncfs:
+        extra["syncfs"] = syncfs
+        extra["avg batch"] = len(events) / (syncfs / 2)
+    cpu = per_message({k: used[k] for k in ("worker", "nats", "bench")}, len(events))
+    return Rep(len(events) / wall, cpu, extra)
+
+
+async def trickle(
+    cfg: Config, client: RunsClient, data_dir: Path, events: Sequence[Prepared]
+) -> dict[str, float]:
+    """Publish one event at a time at a steady rate; time publish -> PubAck, file, ``api.get``."""
+    loop = asyncio.get_running_loop()
+    subject = SUBJECTS.event(SOURCE)
+
+    async def one(event: Prepared) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        await client.publish_raw(subject, event.payload, msg_id=event.msg_id)
+        t_ack = time.perf_counter()
+        path = run_file(data_dir, event.run_id)
+        # polling with stat costs the worker nothing, unlike polling api.get
+        while not path.exists():  # noqa: ASYNC110 - no event to wait on: the file is the signal
+            await asyncio.sleep(0.0005)
+        t_file = time.perf_counter()
+        await client.get(event.run_id)
+        t_get = time.perf_counter()
+        return (t_ack - t0) * 1e3, (t_file - t0) * 1e3, (t_get - t0) * 1e3
+
+    tasks = []
+    async with asyncio.timeout(30.0 + len(events) / cfg.trickle_rate):
+        start = loop.time()
+        for i, event in enumerate(events):
+            await asyncio.sleep(max(0.0, start + i / cfg.trickle_rate - loop.time()))
+            tasks.append(asyncio.create_task(one(event)))
+        results = await asyncio.gather(*tasks)
+    acks, files, gets = zip(*results, strict=True)
+    return {
+        "trickle pubAck p50 ms": percentile(acks, 50),
+        "trickle file p50 ms": percentile(files, 50),
+        "trickle get p50 ms": percentile(gets, 50),
+        "trickle get p99 ms": percentile(gets, 99),
+    }
+
+
+async def backlog_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> Rep:
+    """2b: the worker draining a backlog published before it started (no publisher running)."""
+    data_dir = work / "data"
+    async with nats_server(work / "nats") as server, connection(server.url) as nc:
+        js = nc.jetstream()
+        await ensure_streams(js, SUBJECTS)  # what the worker declares at start-up: a no-op then
+        await ensure_consumer(js, STREAM, events_consumer_config(SETTINGS))
+        _, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
+        async with running_worker(server.url, data_dir, work / "worker.log") as worker:
+            started = await first_delivery(js, worker, 60.0)
+            meter = CpuMeter({"worker": worker.pid, "nats": server.pid, "bench": os.getpid()})
+            meter.start()
+            try:
+                ended = await wait_settled(js, last_seq, cfg.ingest_timeout(), poll=0.01)
+            except TimeoutError:
+                worker.check_alive()
+                raise BenchError(f"worker did not settle:\n{worker.log_tail()}") from None
+            used = meter.stop()
+            await all_files(data_dir, events, 10.0)
+    wall = ended - started
+    cpu = per_message({k: used[k] for k in ("worker", "nats")}, len(events))
+    return Rep(len(events) / wall, cpu, {"s": wall, "worker cores": used["worker"] / wall})
+
+
+# ------------------------------------------------------------------------------------- profiling
+
+
+def find_py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+async def profile_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> None:
+    """An extra, unmeasured flood with py-spy sampling the worker; prints its hottest frames."""
+    assert cfg.profile is not None
+    py_spy = find_py_spy()
+    if py_spy is None:
+        print("  ! py-spy not found: pip install py-spy", flush=True)
+        return
+    cfg.profile.mkdir(parents=True, exist_ok=True)
+    out = cfg.profile / "worker-flood.txt"
+    async with (
+        nats_server(work / "nats") as server,
+        running_worker(server.url, work / "data", work / "worker.log") as worker,
+        connection(server.url) as nc,
+    ):
+        await worker.wait_ready(RunsClient(nc, SUBJECTS))
+        spy = await asyncio.create_subprocess_exec(
+            py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "250",
+            "--nonblocking", "--threads", "--output", str(out),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(1.0)
+        rep = await flood(cfg, nc, server, worker, events, work)
+        spy.send_signal(signal.SIGINT)
+        await asyncio.wait_for(spy.wait(), 30.0)
+    print(f"  profiled flood (py-spy attached): {rep.line()}")
+    print_profile(out)
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    """Self and inclusive sample counts per frame from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frames = [f for f in stack.split(";") if not f.startswith(("thread ", "process "))]
+            n = int(count)
+            total += n
+            if frames:
+                own[frames[-1]] += n
+            for frame in set(frames):
+                inclusive[frame] += n
+    if not total:
+        print(f"  ! no samples in {path}")
+        return
+    print(f"  py-spy: {total} samples (active threads only) in {path}")
+    for title, counts in (("self", own), ("inclusive", inclusive)):
+        print(f"  top {top} frames by {title} samples:")
+        for frame, n in counts.most_common(top):
+            print(f"    {n / total:6.1%}  {frame[:150]}")
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Results:
+    bare: list[Rep] = field(default_factory=list)
+    empty: list[Rep] = field(default_factory=list)
+    backlog: list[Rep] = field(default_factory=list)
+    stored: list[Rep] = field(default_factory=list)
+
+
+def rates(reps: Sequence[Rep]) -> str:
+    return " / ".join(f"{r.rate:,.0f}" for r in reps)
+
+
+def extras(reps: Sequence[Rep], key: str) -> list[float]:
+    return [r.extra.get(key, math.nan) for r in reps]
+
+
+def verdict(value: float, target: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return "PASS" if value >= target else "FAIL"
+
+
+def table_rows(res: Results, cfg: Config) -> Iterator[tuple[str, str, str, str]]:
+    bare, empty = median([r.rate for r in res.bare]), median([r.rate for r in res.empty])
+    stored, backlog = median([r.rate for r in res.stored]), median([r.rate for r in res.backlog])
+    yield (f"(1) bare nats-py fetch({cfg.batch})+ack", f"{bare:,.0f} msg/s", rates(res.bare), "")
+    yield ("(2) worker e2e, empty store", f"{empty:,.0f} msg/s", rates(res.empty), "")
+    p50, p99 = median(extras(res.empty, "p50 ms")), median(extras(res.empty, "p99 ms"))
+    yield ("    flood latency p50 / p99 (mtime)", f"{p50:,.0f} / {p99:,.0f} ms", "", "")
+    if cfg.trickle:
+        t50 = median(extras(res.empty, "trickle get p50 ms"))
+        t99 = median(extras(res.empty, "trickle get p99 ms"))
+        label = f"    trickle {cfg.trickle} @{cfg.trickle_rate:g}/s publish->get p50 / p99"
+        yield (label, f"{t50:,.1f} / {t99:,.1f} ms", "", "")
+    yield ("(2b) worker drain of a backlog", f"{backlog:,.0f} msg/s", rates(res.backlog), "")
+    ratio = empty / bare
+    yield (
+        "(3) ratio (2)/(1)",
+        f"{ratio:.2f}",
+        f"target >= {TARGET_E2E}",
+        verdict(ratio, TARGET_E2E),
+    )
+    yield ("    ratio (2b)/(1)", f"{backlog / bare:.2f}", "no publisher on the CPUs", "")
+    yield (f"(4) worker e2e, {cfg.stored:,} stored", f"{stored:,.0f} msg/s", rates(res.stored), "")
+    p50, p99 = median(extras(res.stored, "p50 ms")), median(extras(res.stored, "p99 ms"))
+    yield ("    flood latency p50 / p99 (mtime)", f"{p50:,.0f} / {p99:,.0f} ms", "", "")
+    ratio = stored / empty
+    label = f"target >= {TARGET_STORED}"
+    yield ("    ratio (4)/(2)", f"{ratio:.2f}", label, verdict(ratio, TARGET_STORED))
+
+
+def cpu_rows(res: Results) -> Iterator[str]:
+    for name, reps in (("bare", res.bare), ("empty", res.empty), ("backlog", res.backlog),
+                       ("stored", res.stored)):  # fmt: skip
+        if not reps:
+            continue
+        keys = list(reps[0].cpu)
+        cpu = ", ".join(f"{k} {median([r.cpu.get(k, math.nan) for r in reps]):.0f}" for k in keys)
+        more = []
+        for key in ("worker cores", "others cores", "iowait s", "avg batch", "ready s"):
+            value = median(extras(reps, key))
+            if not math.isnan(value):
+                more.append(f"{key} {value:.2f}")
+        yield f"  {name:<8} µs/msg: {cpu} | " + ", ".join(more)
+
+
+def print_report(res: Results, cfg: Config) -> None:
+    rows = list(table_rows(res, cfg))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    print(f"\n=== medians of {cfg.reps} ({cfg.events:,} events a run, batch {cfg.batch}) ===")
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("\nCPU per message (medians; 'others' = the rest of the machine, in cores):")
+    for line in cpu_rows(res):
+        print(line)
+    print_findings()
+
+
+def print_findings() -> None:
+    codes = Counter(FINDINGS.exit_codes)
+    slowest = max(FINDINGS.stop_s, default=math.nan)
+    print(f"\nworker exits: {dict(codes)}; slowest graceful stop {slowest:.1f}s")
+    if not FINDINGS.lines:
+        print("worker logs: no WARNING/ERROR lines")
+        return
+    print("worker log lines at WARNING or above (count x line):")
+    for line, count in FINDINGS.lines.most_common(15):
+        print(f"  {count:>4} x {line}")
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def environment_notes(tmp: Path) -> None:
+    same = os.stat(tmp).st_dev == os.stat(ROOT).st_dev
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, load {' '.join(load)}; "
+        f"temp dir {tmp} ({'same device as' if same else 'NOT on the device of'} {ROOT})",
+        flush=True,
+    )
+    size = len(prepare("probe", 1, False)[0].payload)
+    print(f"event size {size} bytes; worker batch_size {SETTINGS.batch_size}", flush=True)
+
+
+async def one_rep(cfg: Config, tmp: Path, rep: int, res: Results) -> None:
+    phases: list[tuple[str, list[Rep], Callable[[Path, list[Prepared]], Any]]] = [
+        ("bare", res.bare, lambda w, ev: bare_rep(cfg, w, ev)),
+        ("empty", res.empty, lambda w, ev: ingest_rep(cfg, w, ev, 0)),
+        ("backlog", res.backlog, lambda w, ev: backlog_rep(cfg, w, ev)),
+        ("stored", res.stored, lambda w, ev: ingest_rep(cfg, w, ev, cfg.stored)),
+    ]
+    for name, bucket, run in phases:
+        work = tmp / f"{name}-{rep}"
+        work.mkdir()
+        events = prepare(f"{name}{rep}", cfg.events, cfg.integral_floats)
+        try:
+            result: Rep = await run(work, events)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        bucket.append(result)
+        print(f"rep {rep} {name:<8}{result.line()}", flush=True)
+
+
+async def main(cfg: Config) -> int:
+    TMP_PARENT.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=TMP_PARENT, prefix="ingest-"))
+    res = Results()
+    try:
+        environment_notes(tmp)
+        for rep in range(1, cfg.reps + 1):
+            await one_rep(cfg, tmp, rep, res)
+        if cfg.profile is not None:
+            work = tmp / "profile"
+            work.mkdir()
+            await profile_rep(cfg, work, prepare("profile", cfg.events, cfg.integral_floats))
+        print_report(res, cfg)
+    except BenchError as exc:
+        print(f"\nFAILED: {exc}", flush=True)
+        print_findings()
+        return 1
+    except TimeoutError:
+        print("\nFAILED: a phase timed out:", flush=True)
+        traceback.print_exc(limit=-4)
+        print_findings()
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            TMP_PARENT.rmdir()  # only when no other run is using it
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=20_000, help="events per run (20000)")
+    parser.add_argument("--stored", type=int, default=100_000, help="runs stored before (4)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each phase (3)")
+    parser.add_argument("--quick", action="store_true", help="2000 events, 10k stored, 1 rep")
+    parser.add_argument("--batch", type=int, default=SETTINGS.batch_size, help="bare fetch size")
+    parser.add_argument("--in-flight", type=int, default=1000, help="publish_async window")
+    parser.add_argument("--trickle", type=int, default=500, help="trickle events (0: none)")
+    parser.add_argument("--trickle-rate", type=float, default=100.0, help="trickle events/s")
+    parser.add_argument(
+        "--integral-floats", action="store_true", help="events carry 120.0-like values"
+    )
+    parser.add_argument("--profile", type=Path, help="also py-spy the worker; output dir")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.stored, args.reps, args.trickle = 2000, 10_000, 1, 100
+    return Config(
+        events=args.events,
+        stored=args.stored,
+        reps=args.reps,
+        batch=args.batch,
+        in_flight=args.in_flight,
+        trickle=args.trickle,
+        trickle_rate=args.trickle_rate,
+        integral_floats=args.integral_floats,
+        profile=args.profile,
+    ), args.timeout
+
+
+async def bounded(cfg: Config, timeout: float) -> int:
+    """The whole run under one deadline, and SIGTERM treated like Ctrl-C (clean-up runs)."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        async with asyncio.timeout(timeout):
+            return await main(cfg)
+    except TimeoutError:
+        print(f"\nFAILED: the whole run exceeded {timeout:.0f}s", flush=True)
+        print_findings()
+        return 2
+
+
+if __name__ == "__main__":
+    config, total_timeout = parse_args()
+    sys.exit(asyncio.run(bounded(config, total_timeout)))

@@ -1,0 +1,66 @@
+"""``rmos-runs`` with a crash injected at one step of the first batch commit (env ``CRASH_AT``).
+
+The step is reached through the real code path; only the primitive at that step is wrapped, so
+the commit logic under test is the production one. The process dies with ``os._exit(137)``, as
+abruptly as a SIGKILL: no flush, no ack, no clean-up.
+
+    before_flush         temp files written, not yet flushed
+    after_flush          flushed, nothing linked into place
+    mid_link             some runs linked, the rest not
+    before_second_flush  all linked, links not yet flushed
+    before_ack           all durable, nothing acknowledged
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from worker import cli
+from worker.store.durable import Flusher
+
+CRASHED = 137
+LINKS_BEFORE_CRASH = 5
+
+
+def _die() -> None:
+    sys.stderr.write(f"crash injected at {os.environ['CRASH_AT']}\n")
+    sys.stderr.flush()
+    os._exit(CRASHED)
+
+
+def install(step: str) -> None:
+    flushes = 0
+    links = 0
+    real_flush, real_link, real_ack = Flusher.flush, os.link, Msg.ack
+
+    def flush(self: Flusher, *args: Any, **kwargs: Any) -> None:
+        nonlocal flushes
+        flushes += 1  # call 1 is the store's open(); 2 and 3 belong to the first commit
+        if (step, flushes) in {("before_flush", 2), ("before_second_flush", 3)}:
+            _die()
+        real_flush(self, *args, **kwargs)
+
+    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal links
+        links += 1
+        if step == "after_flush" or (step == "mid_link" and links > LINKS_BEFORE_CRASH):
+            _die()
+        real_link(src, dst, *args, **kwargs)
+
+    async def ack(self: Msg) -> None:
+        if step == "before_ack":
+            _die()
+        await real_ack(self)
+
+    Flusher.flush = flush  # type: ignore[method-assign]
+    os.link = link
+    Msg.ack = ack  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    install(os.environ["CRASH_AT"])
+    sys.exit(cli.main())
