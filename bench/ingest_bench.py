@@ -733,7 +733,7 @@ async def profile_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> No
         await worker.wait_ready(RunsClient(nc, SUBJECTS))
         spy = await asyncio.create_subprocess_exec(
             py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "250",
-            "--nonblocking", "--threads", "--output", str(out),
+            "--nonblocking", "--threads", "--idle", "--output", str(out),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         await asyncio.sleep(1.0)
@@ -744,29 +744,31 @@ async def profile_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> No
     print_profile(out)
 
 
-def print_profile(path: Path, top: int = 25) -> None:
-    """Self and inclusive sample counts per frame from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
+def print_profile(path: Path, top: int = 12) -> None:
+    """Wall-clock shares per thread (py-spy ``--idle``): leaf frames, and our own frames."""
+    leaves: dict[str, Counter[str]] = {}
+    ours: dict[str, Counter[str]] = {}
     with contextlib.suppress(OSError):
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            frames = [f for f in stack.split(";") if not f.startswith(("thread ", "process "))]
-            n = int(count)
-            total += n
-            if frames:
-                own[frames[-1]] += n
-            for frame in set(frames):
-                inclusive[frame] += n
-    if not total:
+            head, _, rest = stack.partition(";")
+            thread = head.partition(": ")[2] or head
+            frames = rest.split(";")
+            leaves.setdefault(thread, Counter())[frames[-1]] += int(count)
+            for frame in {f for f in frames if "(worker/" in f or "(contracts/" in f}:
+                ours.setdefault(thread, Counter())[frame] += int(count)
+    if not leaves:
         print(f"  ! no samples in {path}")
         return
-    print(f"  py-spy: {total} samples (active threads only) in {path}")
-    for title, counts in (("self", own), ("inclusive", inclusive)):
-        print(f"  top {top} frames by {title} samples:")
+    print(f"  py-spy samples (wall clock, idle included) in {path}:")
+    for thread, counts in sorted(leaves.items(), key=lambda kv: -kv[1].total()):
+        total = counts.total()
+        print(f"  thread {thread}: {total} samples; leaf frames:")
         for frame, n in counts.most_common(top):
-            print(f"    {n / total:6.1%}  {frame[:150]}")
+            print(f"    {n / total:6.1%}  {frame[:140]}")
+        print(f"  thread {thread}: project frames, inclusive:")
+        for frame, n in ours.get(thread, Counter()).most_common(top):
+            print(f"    {n / total:6.1%}  {frame[:140]}")
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -7,7 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from contracts.models import RunId
+from contracts.models import Label, RunId, Sha256
+
+KIND_HEADER = "Rmos-Kind"
+MIME_HEADER = "Rmos-Mime"
+FILENAME_HEADER = "Rmos-Filename"
+SHA256_HEADER = "Rmos-Sha256"
+ERROR_HEADER = "Rmos-Error"
 
 
 class _Request(BaseModel):
@@ -16,6 +22,18 @@ class _Request(BaseModel):
 
 class GetRequest(_Request):
     run_id: RunId
+
+
+class BlobRequest(_Request):
+    sha256: Sha256
+
+
+class BlobHeaders(_Request):
+    """The metadata headers of ``attachments.put``."""
+
+    kind: Label
+    mime: Label
+    filename: Label
 
 
 def ok_reply(**fields: Any) -> bytes:

@@ -147,11 +147,14 @@ async def dead_letters(
 
 
 async def wait_settled(js: JetStreamContext, timeout: float = 30.0) -> None:
-    """Until the worker's events consumer has nothing pending and nothing unacked."""
+    """Until every event in the stream is settled (acked or terminated) by the worker."""
 
     async def probe() -> bool | None:
+        stream = await js.stream_info("RMOS_RUN_EVENTS")
         info = await js.consumer_info("RMOS_RUN_EVENTS", "rmos-worker-events")
-        return True if info.num_pending == 0 and info.num_ack_pending == 0 else None
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        settled = info.num_pending == 0 and info.num_ack_pending == 0
+        return True if settled and floor == stream.state.last_seq else None
 
     await eventually(probe, timeout)
 

@@ -7,12 +7,24 @@ reply at all when validation fails, and the contract promises ``INVALID_REQUEST`
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from contracts.api import GetRequest, error_reply, ok_reply
+from contracts.api import (
+    ERROR_HEADER,
+    FILENAME_HEADER,
+    KIND_HEADER,
+    MIME_HEADER,
+    SHA256_HEADER,
+    BlobHeaders,
+    BlobRequest,
+    GetRequest,
+    error_reply,
+    ok_reply,
+)
 from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import ApiErrorCode
 from worker.core.ingest import describe_errors
@@ -23,6 +35,13 @@ from worker.store.base import RunStore
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+JSON = {"content-type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON))
 
 
 class BadRequestError(Exception):
@@ -40,57 +59,105 @@ def parse_request(model: type[M], body: bytes) -> M:
         data = parse_json(body)
     except CanonicalError as exc:
         raise BadRequestError(ApiErrorCode.INVALID_REQUEST, f"not JSON: {exc}") from None
+    return validate(model, data)
+
+
+def validate(model: type[M], data: object) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadRequestError(ApiErrorCode.INVALID_REQUEST, describe_errors(exc)) from None
 
 
+Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
+
+
 class Api:
     """Dispatches ``api.<op>`` requests to the store and the ingest path."""
 
-    def __init__(self, store: RunStore, ingestor: Ingestor) -> None:
+    def __init__(self, store: RunStore, ingestor: Ingestor, *, max_blob_bytes: int) -> None:
         self._store = store
         self._ingestor = ingestor
-        self._ops: dict[str, Callable[[bytes], Awaitable[bytes]]] = {
+        self._max_blob_bytes = max_blob_bytes
+        self._ops: dict[str, Handler] = {
             "get": self.get,
             "create": self.create,
+            "attachments.put": self.put_attachment,
+            "attachments.get": self.get_attachment,
         }
 
-    @property
-    def ops(self) -> list[str]:
-        return sorted(self._ops)
-
-    async def handle(self, op: str, body: bytes) -> bytes:
+    async def handle(self, op: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The reply to one request; never raises."""
         handler = self._ops.get(op)
-        if handler is None:
-            return error_reply(
-                ApiErrorCode.INVALID_REQUEST, f"unknown op {op!r}; known: {', '.join(self.ops)}"
-            )
         try:
-            return await handler(body)
+            if handler is None:
+                known = ", ".join(sorted(self._ops))
+                raise BadRequestError(
+                    ApiErrorCode.INVALID_REQUEST, f"unknown op {op!r}; known: {known}"
+                )
+            return await handler(body, headers)
         except BadRequestError as exc:
-            return error_reply(exc.code, exc.message)
+            return _error(exc.code, exc.message)
         except TransientError as exc:
-            return error_reply(ApiErrorCode.INTERNAL, f"{exc}; try again", retryable=True)
+            return _error(ApiErrorCode.INTERNAL, f"{exc}; try again", retryable=True)
         except Exception:
             log.exception("api.%s failed", op)
-            return error_reply(ApiErrorCode.INTERNAL, "internal error; see the worker's log")
+            return _error(ApiErrorCode.INTERNAL, "internal error; see the worker's log")
 
-    async def get(self, body: bytes) -> bytes:
+    async def get(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         request = parse_request(GetRequest, body)
         run = await self._store.get_run(request.run_id)
         if run is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
-        return ok_reply(run=run)
+        return Reply(ok_reply(run=run))
 
-    async def create(self, body: bytes) -> bytes:
+    async def create(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The ingest path with a reply instead of a dead letter."""
         [outcome] = await self._ingestor.ingest([Delivery(body, None, utc_now())])
         if isinstance(outcome, RejectedError):
             raise BadRequestError(outcome.code, outcome.detail)
         assert isinstance(outcome, Stored)
-        return ok_reply(
-            run_id=outcome.run_id, revision=outcome.revision, duplicate=outcome.duplicate
+        return Reply(
+            ok_reply(run_id=outcome.run_id, revision=outcome.revision, duplicate=outcome.duplicate)
         )
+
+    async def put_attachment(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Raw bytes in, content-addressed; the metadata comes from the ``Rmos-*`` headers."""
+        if len(body) > self._max_blob_bytes:
+            raise BadRequestError(
+                ApiErrorCode.PAYLOAD_TOO_LARGE, f"{len(body)} bytes, limit {self._max_blob_bytes}"
+            )
+        meta = validate(
+            BlobHeaders,
+            {
+                "kind": headers.get(KIND_HEADER),
+                "mime": headers.get(MIME_HEADER),
+                "filename": headers.get(FILENAME_HEADER),
+            },
+        )
+        info = await self._store.put_blob(
+            body, kind=meta.kind, mime=meta.mime, filename=meta.filename
+        )
+        return Reply(ok_reply(sha256=info.sha256, size_bytes=info.size_bytes))
+
+    async def get_attachment(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """The raw bytes, with the blob's metadata as headers; the one non-JSON success reply."""
+        request = parse_request(BlobRequest, body)
+        found = await self._store.get_blob(request.sha256)
+        if found is None:
+            raise BadRequestError(ApiErrorCode.BLOB_NOT_FOUND, f"no blob {request.sha256}")
+        data, info = found
+        return Reply(
+            data,
+            {
+                SHA256_HEADER: info.sha256,
+                KIND_HEADER: info.kind,
+                MIME_HEADER: info.mime,
+                FILENAME_HEADER: info.filename,
+                "content-type": info.mime,
+            },
+        )
+
+
+def _error(code: str, message: str, **extra: object) -> Reply:
+    return Reply(error_reply(code, message, **extra), {**JSON, ERROR_HEADER: code})

@@ -66,7 +66,7 @@ class Worker:
         self.store = FileStore(settings.data_dir)
         self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
         self.dead_letters = DeadLetters(self.broker, settings)
-        self.api = Api(self.store, self.ingestor)
+        self.api = Api(self.store, self.ingestor, max_blob_bytes=settings.max_blob_bytes)
         self._consumer: EventConsumer | None = None
         self._consumer_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -80,8 +80,8 @@ class Worker:
         @self.broker.subscriber(f"{subjects.api}.>", queue=API_QUEUE)
         async def api_request(msg: NatsMessage) -> NatsResponse:
             op = msg.raw_message.subject.removeprefix(prefix)
-            reply = await self.api.handle(op, msg.body)
-            return NatsResponse(reply, headers={"content-type": "application/json"})
+            reply = await self.api.handle(op, msg.body, msg.headers)
+            return NatsResponse(reply.body, headers=reply.headers)
 
         watcher = MaxDeliveriesWatcher(self.broker, self.dead_letters, self.settings)
 

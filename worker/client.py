@@ -13,8 +13,10 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
+from contracts.api import ERROR_HEADER, FILENAME_HEADER, KIND_HEADER, MIME_HEADER
 from contracts.subjects import Subjects
 
 
@@ -26,6 +28,13 @@ class RunsApiError(Exception):
         self.message = message
         self.reply = reply
         super().__init__(f"{code}: {message}")
+
+
+def _checked(reply: dict[str, Any]) -> dict[str, Any]:
+    if not reply.get("ok"):
+        error = reply.get("error", {})
+        raise RunsApiError(error.get("code", "INTERNAL"), error.get("message", ""), reply)
+    return reply
 
 
 class RunsClient:
@@ -70,15 +79,35 @@ class RunsClient:
         headers = {"Nats-Msg-Id": msg_id} if msg_id else None
         return await self.js.publish(subject, data, headers=headers, timeout=self.timeout)
 
-    async def request(self, op: str, body: bytes | dict[str, Any]) -> dict[str, Any]:
+    async def request(
+        self, op: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """One API call; returns the ``ok`` reply or raises :class:`RunsApiError`."""
+        msg = await self._call(op, body, headers)
+        return _checked(json.loads(msg.data))
+
+    async def _call(
+        self, op: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Msg:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        msg = await self.nc.request(self.subjects.api_op(op), data, timeout=self.timeout)
-        reply: dict[str, Any] = json.loads(msg.data)
-        if not reply.get("ok"):
-            error = reply.get("error", {})
-            raise RunsApiError(error.get("code", "INTERNAL"), error.get("message", ""), reply)
-        return reply
+        return await self.nc.request(
+            self.subjects.api_op(op), data, timeout=self.timeout, headers=headers
+        )
+
+    async def put_attachment(
+        self, data: bytes, *, kind: str, mime: str, filename: str
+    ) -> dict[str, Any]:
+        """Store a blob; returns ``{"ok", "sha256", "size_bytes"}``."""
+        headers = {KIND_HEADER: kind, MIME_HEADER: mime, FILENAME_HEADER: filename}
+        return await self.request("attachments.put", data, headers)
+
+    async def get_attachment(self, sha256: str) -> tuple[bytes, dict[str, str]]:
+        """The blob's bytes and its ``Rmos-*`` metadata headers."""
+        msg = await self._call("attachments.get", {"sha256": sha256})
+        headers = dict(msg.headers or {})
+        if ERROR_HEADER in headers:
+            _checked(json.loads(msg.data))
+        return msg.data, headers
 
     async def get(self, run_id: str) -> dict[str, Any]:
         run: dict[str, Any] = (await self.request("get", {"run_id": run_id}))["run"]

@@ -104,7 +104,10 @@ class TestBatchCommitCrash:
         await publish_all(client, bodies)
         data = tmp_path / "data"
         crashing = WorkerProcess(
-            nats_server.url, data, env={"CRASH_AT": step, **FAST_REDELIVERY}, module="tests.faults.crashing_worker"
+            nats_server.url,
+            data,
+            env={"CRASH_AT": step, **FAST_REDELIVERY},
+            module="tests.faults.crashing_worker",
         )
         await crashing.start()
         assert crashing.proc is not None

@@ -269,3 +269,56 @@ class TestLifecycle:
         stream = await client.js.stream_info("RMOS_RUN_EVENTS")
         assert stream.config.duplicate_window == 120
         assert await proc.terminate() == 0
+
+
+class TestAttachments:
+    """Content-addressed blobs, and events that refer to them."""
+
+    async def test_round_trip(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """Bytes put come back byte for byte with their metadata; the same bytes, same answer."""
+        blob = bytes(range(256)) * 10
+        put = await client.put_attachment(blob, kind="gcode", mime="text/x-gcode", filename="a.nc")
+        assert put == {"ok": True, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": 2560}
+        again = await client.put_attachment(blob, kind="other", mime="x/y", filename="b")
+        assert again == put
+        data, headers = await client.get_attachment(put["sha256"])
+        assert data == blob
+        assert headers["Rmos-Sha256"] == put["sha256"]
+        assert (headers["Rmos-Kind"], headers["Rmos-Mime"], headers["Rmos-Filename"]) == (
+            "gcode",
+            "text/x-gcode",
+            "a.nc",
+        )
+
+    async def test_refusals(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """Too large, missing metadata and unknown blobs are answered with their codes."""
+        with pytest.raises(RunsApiError) as info:
+            await client.put_attachment(b"x" * 800_000, kind="k", mime="m", filename="f")
+        assert info.value.code == "PAYLOAD_TOO_LARGE"
+        with pytest.raises(RunsApiError) as info:
+            await client.request("attachments.put", b"abc", {"Rmos-Kind": "k"})
+        assert info.value.code == "INVALID_REQUEST"
+        assert "mime" in info.value.message
+        with pytest.raises(RunsApiError) as info:
+            await client.get_attachment("0" * 64)
+        assert info.value.code == "BLOB_NOT_FOUND"
+
+    async def test_event_with_attachments(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """An event naming a stored blob is accepted; a wrong size is UNKNOWN_ATTACHMENT."""
+        blob = b"G21\nG90\nG1 X10 Y10\n"
+        put = await client.put_attachment(blob, kind="gcode", mime="text/plain", filename="p.nc")
+        ref = {
+            "sha256": put["sha256"],
+            "kind": "gcode",
+            "mime": "text/plain",
+            "filename": "p.nc",
+            "size_bytes": len(blob),
+        }
+        await client.publish_event(event("with-att", attachments=[ref]))
+        run = await stored(client, derive_run_id("engine-a", "with-att"))
+        assert run["attachments"] == [ref]
+        await client.publish_event(event("bad-size", attachments=[{**ref, "size_bytes": 1}]))
+        await wait_settled(client.js)
+        [(letter, _)] = await dead_letters(client.js)
+        assert letter["code"] == "UNKNOWN_ATTACHMENT"
+        assert f"has {len(blob)} bytes" in letter["detail"]

@@ -44,3 +44,9 @@ class RunStore(Protocol):
 
     async def blob_size(self, sha256: str) -> int | None:
         """The size of a stored blob, or None when it is not stored."""
+
+    async def put_blob(self, data: bytes, *, kind: str, mime: str, filename: str) -> BlobInfo:
+        """Store bytes under their SHA-256, durably, once; returns what is stored."""
+
+    async def get_blob(self, sha256: str) -> tuple[bytes, BlobInfo] | None:
+        """The bytes and metadata of a blob, or None."""

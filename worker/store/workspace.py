@@ -1,0 +1,98 @@
+"""The data directory's scratch space: temp files of one live process, and their flushing.
+
+Every durable file is written as a temp file under ``tmp/<process>/``, flushed, then linked into
+place. Temp files live apart from the runs and blobs (on the same file system, so that a link
+works) so that the leftovers of a crash are found without listing the store. Each process holds
+an ``flock`` on its own temp dir: start-up removes only the dirs whose owner is gone, so several
+workers may share one data dir.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from worker.store.durable import Flusher
+
+
+class Workspace:
+    """Temp files and flushes for everything stored under one data directory."""
+
+    def __init__(self, root: Path, *, use_syncfs: bool = True) -> None:
+        self.root = root
+        self.tmp_root = root / "tmp"
+        self._use_syncfs = use_syncfs
+        self._dir: Path | None = None
+        self._lock_fd: int | None = None
+        self._flusher: Flusher | None = None
+        self._names = itertools.count()
+
+    def open(self, dirs: Iterable[Path]) -> None:
+        """Create ``dirs``, sweep leftovers, take a temp dir of our own. Blocking."""
+        created = [self.root, self.tmp_root, *dirs]
+        for path in created:
+            path.mkdir(parents=True, exist_ok=True)
+        self.sweep_leftovers()
+        self._dir = self.tmp_root / uuid.uuid4().hex
+        self._dir.mkdir()
+        self._lock_fd = os.open(self._dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._flusher = Flusher(self.root, use_syncfs=self._use_syncfs)
+        self._flusher.flush(dirs={p.parent for p in created} | set(created))
+
+    def sweep_leftovers(self) -> list[Path]:
+        """Remove the temp dirs of processes that are gone (their lock is free); return them."""
+        removed = []
+        for child in sorted(self.tmp_root.iterdir()):
+            if child == self._dir or _owner_alive(child):
+                continue
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+        return removed
+
+    def write_temp(self, stem: str, data: bytes) -> Path:
+        """A new temp file holding ``data`` (not yet flushed)."""
+        assert self._dir is not None, "open() the store first"
+        path = self._dir / f"{stem}.{next(self._names)}.tmp"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return path
+
+    def flush(self, files: Iterable[Path] = (), dirs: Iterable[Path] = ()) -> None:
+        assert self._flusher is not None, "open() the store first"
+        self._flusher.flush(files, dirs)
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _owner_alive(temp_dir: Path) -> bool:
+    try:
+        fd = os.open(temp_dir / ".lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
