@@ -18,27 +18,50 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RMOS_", extra="ignore", frozen=True)
 
     nats_url: str | None = Field(
-        default=None, description="NATS server URL; unset starts an embedded nats-server."
+        default=None, description="NATS server URL; unset: start an embedded nats-server"
     )
-    data_dir: Path = Field(default=Path("data"), description="Artifacts, blobs, embedded store.")
-    subject_prefix: str = Field(default="rmos.runs", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-    stream_prefix: str = Field(default="RMOS", pattern=r"^[A-Za-z0-9_-]+$")
-    max_event_bytes: int = Field(default=512 * KIB, gt=0)
-    max_blob_bytes: int = Field(default=768 * KIB, gt=0)
-    explain_timeout_s: float = Field(default=300.0, gt=0)
-    explain_max_attempts: int = Field(default=3, ge=1)
-
-    batch_size: int = Field(default=256, ge=1, le=1000, description="Events per group commit.")
+    data_dir: Path = Field(
+        default=Path("data"), description="artifacts, blobs and the embedded server's store"
+    )
+    subject_prefix: str = Field(
+        default="rmos.runs",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="first tokens of every subject (another deployment, another prefix)",
+    )
+    stream_prefix: str = Field(
+        default="RMOS", pattern=r"^[A-Za-z0-9_-]+$", description="first word of each stream name"
+    )
+    max_event_bytes: int = Field(
+        default=512 * KIB, gt=0, description="larger events are dead-lettered PAYLOAD_TOO_LARGE"
+    )
+    max_blob_bytes: int = Field(
+        default=768 * KIB, gt=0, description="larger attachments are refused PAYLOAD_TOO_LARGE"
+    )
+    batch_size: int = Field(
+        default=256, ge=1, le=1000, description="most events made durable by one group commit"
+    )
     batch_linger_s: float = Field(
-        default=0.002, ge=0, description="How long a batch waits for company after its first event."
+        default=0.002, ge=0, description="how long a batch waits for company after its first event"
     )
-    ack_wait_s: float = Field(default=30.0, gt=0)
-    max_deliver: int = Field(default=8, ge=2)
-    max_ack_pending: int = Field(default=2000, ge=1)
-    nak_base_delay_s: float = Field(default=0.5, gt=0)
-    nak_max_delay_s: float = Field(default=30.0, gt=0)
-    publish_timeout_s: float = Field(default=5.0, gt=0)
-    graceful_timeout_s: float = Field(default=15.0, gt=0)
+    ack_wait_s: float = Field(
+        default=30.0, gt=0, description="unacked events come back after this (consumer ack_wait)"
+    )
+    max_deliver: int = Field(
+        default=8, ge=2, description="deliveries before an event is dead-lettered MAX_DELIVERIES"
+    )
+    max_ack_pending: int = Field(
+        default=2000, ge=1, description="events in flight at once (bounds over-fetching)"
+    )
+    nak_base_delay_s: float = Field(
+        default=0.5, gt=0, description="first retry delay after a transient failure; doubles"
+    )
+    nak_max_delay_s: float = Field(default=30.0, gt=0, description="cap of the retry delay")
+    publish_timeout_s: float = Field(
+        default=5.0, gt=0, description="wait for JetStream's PubAck of a dead letter"
+    )
+    graceful_timeout_s: float = Field(
+        default=15.0, gt=0, description="on SIGTERM, wait this long for in-flight work"
+    )
 
     @property
     def subjects(self) -> Subjects:
