@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 
@@ -166,4 +167,41 @@ class TestKill:
         assert await dead_letters(client.js) == []
         assert proc.proc is not None
         assert proc.proc.returncode is None, "the worker kept running through the outage"
+        assert await proc.terminate() == 0
+
+
+class TestPoisonThatKills:
+    """An event that kills the worker on every delivery still ends in the DLQ."""
+
+    async def test_max_deliveries_from_advisory(
+        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """JetStream's max-deliveries advisory is turned into a MAX_DELIVERIES dead letter."""
+        body = event("evt-killer")
+        await publish_all(client, [body])
+        data = tmp_path / "data"
+        env = {**FAST_REDELIVERY, "RMOS_MAX_DELIVER": "2"}
+        for _ in range(2):  # each delivery kills the worker before anything is durable
+            crashing = WorkerProcess(
+                nats_server.url,
+                data,
+                env={**env, "CRASH_AT": "before_flush"},
+                module="tests.faults.crashing_worker",
+            )
+            await crashing.start()
+            assert crashing.proc is not None
+            assert await asyncio.wait_for(crashing.proc.wait(), 60) == CRASHED, crashing.log()
+        proc = WorkerProcess(nats_server.url, data, env=env)
+        await proc.start(client)
+
+        async def letters() -> list[tuple[dict[str, object], dict[str, str]]] | None:
+            return await dead_letters(client.js) or None
+
+        [(letter, headers)] = await eventually(letters, timeout=30)
+        assert letter["code"] == "MAX_DELIVERIES"
+        assert letter["stream_seq"] == 1
+        assert letter["deliveries"] == 2
+        assert letter["payload_sha256"] == hashlib.sha256(json.dumps(body).encode()).hexdigest()
+        assert headers["Nats-Msg-Id"] == "dlq:RMOS_RUN_EVENTS:1"
+        assert run_files(data) == []
         assert await proc.terminate() == 0
