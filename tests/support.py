@@ -44,7 +44,7 @@ class WorkerProcess:
 
     def __init__(
         self,
-        nats_url: str,
+        nats_url: str | None,
         data_dir: Path,
         env: Mapping[str, str] | None = None,
         module: str = "worker.cli",
@@ -56,13 +56,17 @@ class WorkerProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self, client: RunsClient | None = None, timeout: float = 30.0) -> None:
+    async def start(
+        self, client: RunsClient | None = None, timeout: float = 30.0, *args: str
+    ) -> None:
+        """Start it (``nats_url=None``: with its embedded server); ``args`` go to the CLI."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env.pop("RMOS_NATS_URL", None)
+        url = ["--nats-url", self.nats_url] if self.nats_url else []
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, "worker",
-            "--nats-url", self.nats_url, "--data-dir", str(self.data_dir),
-            stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT,
+            sys.executable, "-m", self.module, "worker", *url, "--data-dir", str(self.data_dir),
+            *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT,
         )  # fmt: skip
         log.close()
         if client is not None:

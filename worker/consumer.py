@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -123,12 +123,13 @@ class EventConsumer:
         try:
             while not self._stopping.is_set():
                 msgs = await self._next_batch(sub)
-                if msgs and self._stopping.is_set():
-                    await asyncio.gather(*(m.nak() for m in msgs))  # hand back, no delay
+                if msgs and self._stopping.is_set():  # hand back at once, for another worker
+                    await _together(m.nak() for m in msgs)
                 elif msgs:
                     await self.handle(msgs)
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     def stop(self) -> None:
         """Stop fetching; the batch in hand is finished first."""
@@ -158,7 +159,7 @@ class EventConsumer:
             outcomes = await self._ingestor.ingest(deliveries)
         except TransientError as exc:
             log.warning("batch of %d not stored: %s", len(msgs), exc)
-            await asyncio.gather(*(self._retry(m, exc) for m in msgs))
+            await _together(self._retry(m, exc) for m in msgs)
             return
         except Exception as exc:
             if len(msgs) > 1:  # isolate the message that breaks the batch
@@ -167,9 +168,9 @@ class EventConsumer:
                     await self.handle([m])
                 return
             log.exception("event at stream seq %s failed", msgs[0].metadata.sequence.stream)
-            await self._retry(msgs[0], exc)
+            await _together([self._retry(msgs[0], exc)])
             return
-        await asyncio.gather(*(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True)))
+        await _together(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True))
 
     async def _settle(self, msg: Msg, outcome: Stored | RejectedError) -> None:
         if isinstance(outcome, Stored):
@@ -197,6 +198,13 @@ class EventConsumer:
             await msg.term()
             return
         await msg.nak(delay=nak_delay(delivered, self._settings))
+
+
+async def _together(settlements: Iterable[Awaitable[None]]) -> None:
+    """Send acks, naks and terms concurrently; one that fails is redelivered after ack_wait."""
+    for error in await asyncio.gather(*settlements, return_exceptions=True):
+        if error is not None:
+            log.warning("a message could not be settled and will be redelivered: %r", error)
 
 
 def nak_delay(delivered: int, settings: Settings) -> float:
