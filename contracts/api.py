@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.models import Label, RunId, Sha256
+from contracts.models import (
+    ExplanationStatus,
+    Label,
+    RiskLevel,
+    RunId,
+    RunStatus,
+    Sha256,
+    SourceId,
+    Timestamp,
+)
 
 KIND_HEADER = "Rmos-Kind"
 MIME_HEADER = "Rmos-Mime"
@@ -22,6 +31,34 @@ class _Request(BaseModel):
 
 class GetRequest(_Request):
     run_id: RunId
+
+
+class ListFilters(_Request):
+    """The ``list`` filters, all optional, combined with AND; unknown ones are refused."""
+
+    status: RunStatus | None = None
+    event_type: Label | None = None
+    mode: Label | None = None
+    tool_id: Label | None = None
+    tool_id_prefix: Label | None = None
+    source: SourceId | None = None
+    risk_level: RiskLevel | None = None
+    explanation_status: ExplanationStatus | None = None
+    workflow_session_id: Label | None = None
+    material_id: Label | None = None
+    machine_id: Label | None = None
+    parent_run_id: RunId | None = None
+    created_from: Timestamp | None = None
+    created_to: Timestamp | None = None
+
+
+class ListRequest(ListFilters):
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, Field(max_length=512)] | None = None
+
+    def filters(self) -> dict[str, Any]:
+        """The filters that were set, as sent (what a cursor is bound to)."""
+        return self.model_dump(exclude_none=True, exclude={"limit", "cursor"})
 
 
 class BlobRequest(_Request):

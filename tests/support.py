@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -168,4 +169,11 @@ def run_files(data_dir: Path) -> list[Path]:
 
 
 def temp_files(data_dir: Path) -> list[Path]:
-    return sorted(p for p in (data_dir / "tmp").rglob("*") if p.name.endswith(".tmp"))
+    """Temp files and intents left anywhere under the data dir's scratch space."""
+    return sorted(p for p in (data_dir / "tmp").rglob("*") if p.suffix in {".tmp", ".intent"})
+
+
+def indexed_runs(data_dir: Path) -> set[str]:
+    """The run ids in the ``list`` index (read directly, as a projection check)."""
+    with sqlite3.connect(data_dir / "index.sqlite") as db:
+        return {row[0] for row in db.execute("SELECT run_id FROM runs")}

@@ -22,16 +22,20 @@ from contracts.api import (
     BlobHeaders,
     BlobRequest,
     GetRequest,
+    ListRequest,
     error_reply,
     ok_reply,
 )
 from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import ApiErrorCode
+from contracts.models import parse_timestamp
+from worker.core.cursor import CursorError, decode_cursor, encode_cursor
 from worker.core.ingest import describe_errors
-from worker.core.timefmt import utc_now
+from worker.core.timefmt import utc_now, utc_text
 from worker.errors import RejectedError, TransientError
 from worker.ingest import Delivery, Ingestor, Stored
 from worker.store.base import RunStore
+from worker.store.index import Query
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -82,6 +86,7 @@ class Api:
         self._ops: dict[str, Handler] = {
             "get": self.get,
             "create": self.create,
+            "list": self.list_page,
             "attachments.put": self.put_attachment,
             "attachments.get": self.get_attachment,
         }
@@ -110,6 +115,22 @@ class Api:
         if run is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
         return Reply(ok_reply(run=run))
+
+    async def list_page(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """A page of summaries, newest first, and the cursor of the next page (or null)."""
+        request = parse_request(ListRequest, body)
+        filters = request.filters()
+        try:
+            after = decode_cursor(request.cursor, filters) if request.cursor else None
+        except CursorError as exc:
+            raise BadRequestError(ApiErrorCode.INVALID_REQUEST, f"cursor: {exc}") from None
+        rows = await self._store.list_runs(to_query(request, after))
+        items = rows[: request.limit]
+        next_cursor = None
+        if len(rows) > request.limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last["created_at_utc"], last["run_id"], filters)
+        return Reply(ok_reply(items=items, next_cursor=next_cursor))
 
     async def create(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The ingest path with a reply instead of a dead letter."""
@@ -157,6 +178,25 @@ class Api:
                 "content-type": info.mime,
             },
         )
+
+
+def to_query(request: ListRequest, after: tuple[str, str] | None) -> Query:
+    """The index query of a ``list`` request; time bounds in the index's UTC text form."""
+    filters = request.filters()
+    bounds = {
+        key: utc_text(parse_timestamp(filters.pop(key)))
+        for key in ("created_from", "created_to")
+        if key in filters
+    }
+    prefix = filters.pop("tool_id_prefix", None)
+    return Query(
+        equals=tuple(sorted(filters.items())),
+        tool_id_prefix=prefix,
+        created_from=bounds.get("created_from"),
+        created_to=bounds.get("created_to"),
+        after=after,
+        limit=request.limit,
+    )
 
 
 def _error(code: str, message: str, **extra: object) -> Reply:

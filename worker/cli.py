@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
         "--demo", action="store_true", help="publish the demo events once the worker is ready"
     )
 
+    reindex = commands.add_parser("reindex", help="rebuild the list index from the artifacts")
+    reindex.add_argument("--data-dir", type=Path, help="data directory (env RMOS_DATA_DIR)")
+    reindex.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    reindex.set_defaults(nats_url=None)
+
     demo = commands.add_parser("publish-demo", help="publish a few realistic run events")
     _common(demo)
     demo.add_argument("--tag", default="demo", help="event id prefix (new tag, new runs)")
@@ -55,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "worker":
         return asyncio.run(runner.run_worker(settings, demo=args.demo))
+    if args.command == "reindex":
+        return runner.reindex(settings)
     return asyncio.run(runner.publish_demo(settings, tag=args.tag))
 
 

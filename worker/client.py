@@ -8,6 +8,7 @@ async with await RunsClient.connect("nats://127.0.0.1:4222") as runs:
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
@@ -115,3 +116,23 @@ class RunsClient:
 
     async def create(self, event: dict[str, Any]) -> dict[str, Any]:
         return await self.request("create", event)
+
+    async def list_page(
+        self, *, limit: int = 50, cursor: str | None = None, **filters: Any
+    ) -> dict[str, Any]:
+        """One page: ``{"items": [...], "next_cursor": str | None}``."""
+        body = {**filters, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        return await self.request("list", body)
+
+    async def iter_runs(
+        self, *, page_size: int = 200, **filters: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching run summary, newest first, page after page."""
+        cursor = None
+        while True:
+            page = await self.list_page(limit=page_size, cursor=cursor, **filters)
+            for item in page["items"]:
+                yield item
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return

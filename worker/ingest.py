@@ -69,17 +69,14 @@ class Ingestor:
         for i, event in checked.items():
             firsts.setdefault(event.run_id, i)
         artifacts = await self._build(deliveries, checked, firsts)
-        created = await self._store.create_runs(
+        results = await self._store.create_runs(
             [NewRun(run_id, artifacts[run_id]) for run_id in firsts]
         )
-        holders = {
-            run_id: artifacts[run_id] if made else await self._store.get_run(run_id)
-            for run_id, made in zip(firsts, created, strict=True)
-        }
-        made_now = {run_id for run_id, made in zip(firsts, created, strict=True) if made}
+        holders = dict(zip(firsts, results, strict=True))
         for i, event in checked.items():
-            fresh = event.run_id in made_now and firsts[event.run_id] == i
-            outcomes[i] = _resolve(event, holders[event.run_id], fresh)
+            holder = holders[event.run_id]
+            fresh = holder.created and firsts[event.run_id] == i
+            outcomes[i] = _resolve(event, holder.stored, fresh)
         return [_known(o) for o in outcomes]
 
     async def _check_attachments(
@@ -127,10 +124,8 @@ def _known(outcome: Outcome | None) -> Outcome:
     return outcome
 
 
-def _resolve(event: CheckedEvent, holder: dict[str, Any] | None, fresh: bool) -> Outcome:
+def _resolve(event: CheckedEvent, holder: dict[str, Any], fresh: bool) -> Outcome:
     """Stored (new or duplicate) when the run's holder is this event, else RUN_ID_CONFLICT."""
-    if holder is None:  # the run was there at link time and is gone now: runs are never deleted
-        raise RuntimeError(f"run {event.run_id} vanished from the store")
     if holder["hashes"]["event_sha256"] == event.event_sha256:
         return Stored(event.run_id, holder["revision"], duplicate=not fresh)
     return RejectedError(

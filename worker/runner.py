@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from worker.client import RunsApiError, RunsClient
 from worker.demo import demo_events
 from worker.nats_server import NatsServer
 from worker.settings import Settings
+from worker.store.files import FileStore
 
 log = logging.getLogger(__name__)
 EMBEDDED_PORT = 4222
@@ -68,6 +71,28 @@ async def run_worker(settings: Settings, *, demo: bool = False) -> int:
         if demo_task is not None:
             demo_task.cancel()
     return code
+
+
+def reindex(settings: Settings) -> int:
+    """Rebuild the list index from every artifact, with a progress line on stderr."""
+    store = FileStore(settings.data_dir)
+    asyncio.run(store.open(rebuild_lost_index=False))  # rebuilt below, with progress
+    total = store.count_runs()
+    started = time.monotonic()
+
+    def progress(done: int) -> None:
+        rate = done / max(time.monotonic() - started, 1e-6)
+        bar = "#" * (30 * done // max(total, 1))
+        sys.stderr.write(f"\r[{bar:<30}] {done}/{total} runs, {rate:,.0f}/s")
+
+    try:
+        done = store.reindex(progress)
+    finally:
+        store.close()
+    progress(done)
+    sys.stderr.write("\n")
+    log.info("indexed %d runs in %.1f s", done, time.monotonic() - started)
+    return 0
 
 
 async def _demo_when_ready(settings: Settings, url: str) -> None:

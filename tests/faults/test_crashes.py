@@ -16,6 +16,7 @@ from tests.support import (
     dead_letters,
     event,
     eventually,
+    indexed_runs,
     run_files,
     temp_files,
     wait_settled,
@@ -74,6 +75,7 @@ async def finish(
     await count_files(data, len(expected))
     await wait_settled(client.js, timeout=60)
     assert assert_whole(data, expected) == set(expected)
+    assert indexed_runs(data) == set(expected)
     assert temp_files(data) == []
     assert await dead_letters(client.js) == []
     assert await proc.terminate() == 0

@@ -39,15 +39,18 @@ class TestCreate:
 
     async def test_create_then_exists(self, store: FileStore) -> None:
         """The first create wins; the second reports the run as existing and changes nothing."""
-        assert await store.create_runs([NewRun(rid(1), art(rid(1)))]) == [True]
-        assert await store.create_runs([NewRun(rid(1), art(rid(1), "b"))]) == [False]
+        [first] = await store.create_runs([NewRun(rid(1), art(rid(1)))])
+        assert first.created
+        [second] = await store.create_runs([NewRun(rid(1), art(rid(1), "b"))])
+        assert not second.created
+        assert second.stored == art(rid(1))
         assert await store.get_run(rid(1)) == art(rid(1))
 
     async def test_batch(self, store: FileStore) -> None:
         """One call creates many runs, reporting each one."""
         await store.create_runs([NewRun(rid(5), art(rid(5)))])
         result = await store.create_runs([NewRun(rid(i), art(rid(i))) for i in range(10)])
-        assert result == [i != 5 for i in range(10)]
+        assert [r.created for r in result] == [i != 5 for i in range(10)]
         for i in range(10):
             assert (await store.get_run(rid(i))) is not None
 
@@ -110,15 +113,16 @@ def _hold_lock(path: str, ready: Any, release: Any) -> None:
 def _create_in_child(data_dir: str, run_id: str, tag: str, out: Any) -> None:
     import asyncio
 
-    async def go() -> list[bool]:
+    async def go() -> bool:
         files = FileStore(Path(data_dir))
         await files.open()
         try:
-            return await files.create_runs([NewRun(run_id, art(run_id, tag))])
+            [result] = await files.create_runs([NewRun(run_id, art(run_id, tag))])
+            return result.created
         finally:
             files.close()
 
-    out.put(asyncio.run(go())[0])
+    out.put(asyncio.run(go()))
 
 
 class TestAcrossProcesses:

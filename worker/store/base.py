@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from worker.store.index import Query
+
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
@@ -13,6 +15,14 @@ class NewRun:
 
     run_id: str
     artifact: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The result of a create-if-absent: who holds the run id now."""
+
+    created: bool  # True: this call created it; False: it existed already
+    stored: dict[str, Any]  # the artifact on disk now (this one, or the one that was there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +45,14 @@ class RunStore(Protocol):
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The stored artifact, or None."""
 
-    async def create_runs(self, runs: Sequence[NewRun]) -> list[bool]:
-        """Create each run that is absent, durably, in one group commit.
+    async def create_runs(self, runs: Sequence[NewRun]) -> list[Created]:
+        """Create each run that is absent, durably and indexed, in one group commit.
 
-        Returns, per run, True when this call created it and False when it already existed.
         Run ids within one call are distinct. Raises ``TransientError`` when nothing may be acked.
         """
+
+    async def list_runs(self, query: Query) -> list[dict[str, Any]]:
+        """Index summaries matching ``query``, newest first, up to ``query.limit + 1``."""
 
     async def blob_size(self, sha256: str) -> int | None:
         """The size of a stored blob, or None when it is not stored."""

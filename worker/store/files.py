@@ -5,20 +5,24 @@ Layout::
     runs/<xx>/<run_id>.json     one artifact per run; <xx> = the two hex digits after "run_"
     blobs/<xx>/<sha256>         attachment bytes, named by their SHA-256
     blobs/<xx>/<sha256>.json    the blob's kind, mime, filename and size, written before it
-    tmp/<process>/              temp files of one live process (see ``workspace``)
+    index.sqlite                the ``list`` index, a projection of runs/ (see ``index``)
+    tmp/<process>/              temp files and intents of one live process (see ``workspace``)
 
 A file is created by writing a temp file, flushing, then ``os.link``-ing it to its final name:
 the link fails with EEXIST when the name exists (create-if-absent across processes), and a
-reader never sees a partial file. Runs are created a batch at a time with two flushes in all.
+reader never sees a partial file. Runs are created a batch at a time: one flush for the temp
+files and the batch's intent, links, one flush for the links, one index transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,11 @@ import aiofiles
 from contracts.canonical import sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
 from worker.errors import TransientError
-from worker.store.base import BlobInfo, NewRun
+from worker.store.base import BlobInfo, Created, NewRun
+from worker.store.index import Query, RunIndex
 from worker.store.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _SHA256 = re.compile(SHA256_PATTERN)
@@ -57,13 +64,58 @@ class FileStore:
         self.runs_dir = data_dir / "runs"
         self.blobs_dir = data_dir / "blobs"
         self.workspace = Workspace(data_dir, use_syncfs=use_syncfs)
+        self.index = RunIndex(data_dir / "index.sqlite")
 
-    async def open(self) -> None:
+    async def open(self, *, rebuild_lost_index: bool = True) -> None:
+        """Create the layout, sweep leftovers, repair the index; before the first message."""
+        await asyncio.to_thread(self._open, rebuild_lost_index)
+
+    def _open(self, rebuild_lost_index: bool) -> None:
+        fresh_index = not self.index.path.exists()
         shards = [parent / s for parent in (self.runs_dir, self.blobs_dir) for s in _SHARDS]
-        await asyncio.to_thread(self.workspace.open, shards)
+        unfinished = self.workspace.open(shards)
+        self.index.open()
+        if fresh_index and rebuild_lost_index and any(self._run_paths()):
+            log.warning("no index beside existing runs: rebuilding it from the artifacts")
+            self.reindex()
+        elif unfinished:
+            found = [_load(p) for p in map(self.run_path, unfinished) if p.exists()]
+            self.index.upsert(found)
+            log.info("indexed %d runs of %d interrupted commits", len(found), len(unfinished))
 
     def close(self) -> None:
+        self.index.close()
         self.workspace.close()
+
+    def _run_paths(self) -> Iterator[Path]:
+        for shard in _SHARDS:
+            with os.scandir(self.runs_dir / shard) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".json"):
+                        yield Path(entry.path)
+
+    def count_runs(self) -> int:
+        """How many artifacts are on disk (a directory scan: for tools, never for queries)."""
+        return sum(1 for _ in self._run_paths())
+
+    def reindex(self, progress: Callable[[int], None] | None = None, chunk: int = 1000) -> int:
+        """Rebuild the index from every artifact (the one full scan). Blocking; returns runs."""
+        self.index.clear()
+        done = 0
+        batch: list[dict[str, Any]] = []
+        for path in self._run_paths():
+            batch.append(_load(path))
+            if len(batch) == chunk:
+                self.index.upsert(batch)
+                done += len(batch)
+                batch.clear()
+                if progress is not None:
+                    progress(done)
+        self.index.upsert(batch)
+        return done + len(batch)
+
+    async def list_runs(self, query: Query) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.index.query, query)
 
     def run_path(self, run_id: str) -> Path:
         """The file of a run; refuses anything that is not a valid run id."""
@@ -81,26 +133,34 @@ class FileStore:
         data = await _read(self.run_path(run_id))
         return None if data is None else json.loads(data)
 
-    async def create_runs(self, runs: Sequence[NewRun]) -> list[bool]:
+    async def create_runs(self, runs: Sequence[NewRun]) -> list[Created]:
         if not runs:
             return []
-        payloads = [(self.run_path(run.run_id), encode(run.artifact)) for run in runs]
         try:
-            return await asyncio.to_thread(self._link_all, payloads)
-        except OSError as exc:
+            return await asyncio.to_thread(self._commit, runs)
+        except (OSError, sqlite3.Error) as exc:
             raise TransientError(f"group commit failed: {exc}") from exc
 
-    def _link_all(self, payloads: list[tuple[Path, bytes]]) -> list[bool]:
-        """Group commit: write all, flush once, link all, flush once. Runs in a worker thread."""
-        temps = [self.workspace.write_temp(final.stem, data) for final, data in payloads]
+    def _commit(self, runs: Sequence[NewRun]) -> list[Created]:
+        """Group commit: write all, flush, link all, flush, index. Runs in a worker thread."""
+        finals = [self.run_path(run.run_id) for run in runs]
+        intent = self.workspace.write_intent(run.run_id for run in runs)
+        temps = [self.workspace.write_temp(run.run_id, encode(run.artifact)) for run in runs]
         try:
-            self.workspace.flush(files=temps)
-            created = [_link(temp, final) for temp, (final, _) in zip(temps, payloads, strict=True)]
-            self.workspace.flush(dirs={final.parent for final, _ in payloads})
+            self.workspace.flush(files=[intent, *temps])
+            results = [
+                Created(True, run.artifact) if _link(temp, final) else Created(False, _load(final))
+                for run, temp, final in zip(runs, temps, finals, strict=True)
+            ]
+            self.workspace.flush(dirs={final.parent for final in finals})
+            # Runs that existed are indexed again from their file: a commit that linked them
+            # and failed before its index transaction is repaired by the redelivery.
+            self.index.upsert(result.stored for result in results)
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
-        return created
+        intent.unlink()  # only once the index has the runs: a crash before leaves the intent
+        return results
 
     async def blob_size(self, sha256: str) -> int | None:
         try:
@@ -142,6 +202,11 @@ class FileStore:
         info = await self.get_blob_info(sha256)
         data = await _read(self.blob_path(sha256)) if info is not None else None
         return None if data is None or info is None else (data, info)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_bytes())
+    return document
 
 
 def _link(temp: Path, final: Path) -> bool:

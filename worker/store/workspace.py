@@ -5,6 +5,10 @@ place. Temp files live apart from the runs and blobs (on the same file system, s
 works) so that the leftovers of a crash are found without listing the store. Each process holds
 an ``flock`` on its own temp dir: start-up removes only the dirs whose owner is gone, so several
 workers may share one data dir.
+
+An *intent* is a temp file naming the runs of a commit in progress, flushed with the commit's
+first flush and removed once the commit (index included) is done. The intents of a process that
+died say which runs may be on disk but missing from the index.
 """
 
 from __future__ import annotations
@@ -32,33 +36,45 @@ class Workspace:
         self._flusher: Flusher | None = None
         self._names = itertools.count()
 
-    def open(self, dirs: Iterable[Path]) -> None:
-        """Create ``dirs``, sweep leftovers, take a temp dir of our own. Blocking."""
+    def open(self, dirs: Iterable[Path]) -> list[str]:
+        """Create ``dirs``, sweep leftovers, take a temp dir of our own. Blocking.
+
+        Returns the names in the intents of dead processes: commits that may be unfinished.
+        """
         created = [self.root, self.tmp_root, *dirs]
         for path in created:
             path.mkdir(parents=True, exist_ok=True)
-        self.sweep_leftovers()
+        unfinished = self.sweep_leftovers()
         self._dir = self.tmp_root / uuid.uuid4().hex
         self._dir.mkdir()
         self._lock_fd = os.open(self._dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self._flusher = Flusher(self.root, use_syncfs=self._use_syncfs)
         self._flusher.flush(dirs={p.parent for p in created} | set(created))
+        return unfinished
 
-    def sweep_leftovers(self) -> list[Path]:
-        """Remove the temp dirs of processes that are gone (their lock is free); return them."""
-        removed = []
+    def sweep_leftovers(self) -> list[str]:
+        """Remove the temp dirs of processes that are gone (their lock is free).
+
+        Returns the names listed in their intents, read before the dirs are removed.
+        """
+        unfinished: list[str] = []
         for child in sorted(self.tmp_root.iterdir()):
             if child == self._dir or _owner_alive(child):
                 continue
+            for intent in child.glob("*.intent"):
+                unfinished += intent.read_text().split()
             shutil.rmtree(child, ignore_errors=True)
-            removed.append(child)
-        return removed
+        return unfinished
 
-    def write_temp(self, stem: str, data: bytes) -> Path:
+    def write_intent(self, names: Iterable[str]) -> Path:
+        """An intent listing ``names`` (not yet flushed: the commit's first flush does it)."""
+        return self.write_temp("commit", "\n".join(names).encode(), suffix=".intent")
+
+    def write_temp(self, stem: str, data: bytes, suffix: str = ".tmp") -> Path:
         """A new temp file holding ``data`` (not yet flushed)."""
         assert self._dir is not None, "open() the store first"
-        path = self._dir / f"{stem}.{next(self._names)}.tmp"
+        path = self._dir / f"{stem}.{next(self._names)}{suffix}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             view = memoryview(data)

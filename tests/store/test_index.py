@@ -1,0 +1,140 @@
+"""The list index: ordering, filters, keyset pages, and repair from the artifacts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.store.base import NewRun
+from worker.store.files import FileStore, encode
+from worker.store.index import Query
+
+
+def artifact(n: int, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "run_id": f"run_{n:032x}",
+        "created_at_utc": f"2026-11-24T10:00:{n % 60:02d}.000000+00:00",
+        "status": "OK",
+        "event_type": "feasibility",
+        "mode": "rosette",
+        "tool_id": f"saw-{n % 3}",
+        "source": "engine-a",
+        "decision": {"risk_level": "GREEN"},
+        "explanation_status": "NONE",
+        "revision": 1,
+        "hashes": {"event_sha256": "0" * 64},
+    }
+    base.update(fields)
+    return base
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FileStore]:
+    files = FileStore(tmp_path / "data")
+    await files.open()
+    yield files
+    files.close()
+
+
+async def ids(store: FileStore, query: Query) -> list[str]:
+    return [row["run_id"] for row in await store.list_runs(query)]
+
+
+class TestQuery:
+    """Newest first by (created_at_utc, run_id), filtered, one page at a time."""
+
+    async def test_order_and_filters(self, store: FileStore) -> None:
+        """Rows come newest first; filters combine with AND."""
+        runs = [artifact(i, status="BLOCKED" if i % 2 else "OK") for i in range(10)]
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        newest_first = [a["run_id"] for a in sorted(runs, key=lambda a: a["created_at_utc"])][::-1]
+        assert await ids(store, Query(limit=100)) == newest_first
+        blocked = await ids(store, Query(equals=(("status", "BLOCKED"),), limit=100))
+        assert blocked == [r for r in newest_first if int(r[4:], 16) % 2]
+        both = Query(equals=(("status", "OK"), ("tool_id", "saw-0")), limit=100)
+        assert await ids(store, both) == [
+            r for r in newest_first if int(r[4:], 16) % 2 == 0 and int(r[4:], 16) % 3 == 0
+        ]
+
+    async def test_prefix_and_range(self, store: FileStore) -> None:
+        """``tool_id_prefix`` matches the start; the time range is inclusive at both ends."""
+        runs = [artifact(i, tool_id=f"{'saw' if i < 5 else 'mill'}-{i}") for i in range(10)]
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        assert len(await ids(store, Query(tool_id_prefix="saw", limit=100))) == 5
+        ranged = Query(
+            created_from="2026-11-24T10:00:03.000000+00:00",
+            created_to="2026-11-24T10:00:05.000000+00:00",
+            limit=100,
+        )
+        assert await ids(store, ranged) == [f"run_{n:032x}" for n in (5, 4, 3)]
+
+    async def test_keyset_pages_stable_under_inserts(self, store: FileStore) -> None:
+        """Paging on (created_at_utc, run_id) neither repeats nor skips when runs arrive."""
+        same_time = "2026-11-24T10:00:00.000000+00:00"
+        runs = [artifact(i, created_at_utc=same_time) for i in range(7)]
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        first = await store.list_runs(Query(limit=3))
+        assert len(first) == 4  # limit + 1 says there is a next page
+        later = artifact(100, created_at_utc="2026-11-25T00:00:00.000000+00:00")
+        await store.create_runs([NewRun(later["run_id"], later)])
+        seen = [r["run_id"] for r in first[:3]]
+        after = (first[2]["created_at_utc"], first[2]["run_id"])
+        while after is not None:
+            page = await store.list_runs(Query(limit=3, after=after))
+            seen += [r["run_id"] for r in page[:3]]
+            after = (page[2]["created_at_utc"], page[2]["run_id"]) if len(page) > 3 else None
+        assert seen == sorted((a["run_id"] for a in runs), reverse=True)
+
+
+class TestRepair:
+    """The index is a projection: it is rebuilt or repaired from the artifacts."""
+
+    async def test_missing_index_rebuilt(self, tmp_path: Path) -> None:
+        """A data dir whose index was lost gets it rebuilt at open."""
+        data = tmp_path / "data"
+        first = FileStore(data)
+        await first.open()
+        runs = [artifact(i) for i in range(25)]
+        await first.create_runs([NewRun(a["run_id"], a) for a in runs])
+        first.close()
+        for path in data.glob("index.sqlite*"):
+            path.unlink()
+        second = FileStore(data)
+        await second.open()
+        assert len(await ids(second, Query(limit=500))) == 25
+        second.close()
+
+    async def test_interrupted_commit_indexed(self, tmp_path: Path) -> None:
+        """Runs linked by a process that died before its index transaction get indexed."""
+        data = tmp_path / "data"
+        first = FileStore(data)
+        await first.open()
+        first.close()
+        orphan = artifact(7)
+        path = first.run_path(orphan["run_id"])
+        path.write_bytes(encode(orphan))  # on disk, not in the index
+        dead = data / "tmp" / "dead-process"
+        dead.mkdir()
+        (dead / "commit.0.intent").write_text(f"{orphan['run_id']}\nrun_{'f' * 32}")
+        second = FileStore(data)
+        await second.open()
+        assert await ids(second, Query(limit=10)) == [orphan["run_id"]]
+        assert not dead.exists()
+        second.close()
+
+    async def test_reindex(self, store: FileStore) -> None:
+        """``reindex`` rebuilds every row from the files, reporting progress."""
+        runs = [artifact(i) for i in range(30)]
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        changed = dict(runs[0], status="ERROR")
+        store.run_path(changed["run_id"]).write_bytes(encode(changed))
+        seen: list[int] = []
+        assert store.reindex(progress=seen.append, chunk=10) == 30
+        assert seen == [10, 20, 30]
+        errors = await ids(store, Query(equals=(("status", "ERROR"),)))
+        assert errors == [changed["run_id"]]
+        assert json.loads(store.run_path(changed["run_id"]).read_bytes())["status"] == "ERROR"

@@ -1,0 +1,159 @@
+"""The ``list`` index: a SQLite projection of the artifacts, rebuildable from them at any time.
+
+The artifacts stay the source of truth. The index is written in the same group commit as the
+runs (after their links, before anything is acked), and a commit that crashed in between is
+repaired at start-up from its intent file (see ``workspace``): no query ever scans the store,
+and no write rewrites the whole index. WAL with ``synchronous=FULL``: one more flush per batch,
+so that a row is durable before the intent that would redo it is dropped.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.core.ingest import lookup
+
+# column -> where it comes from in the artifact
+COLUMNS: dict[str, str] = {
+    "run_id": "run_id",
+    "created_at_utc": "created_at_utc",
+    "status": "status",
+    "event_type": "event_type",
+    "mode": "mode",
+    "tool_id": "tool_id",
+    "source": "source",
+    "risk_level": "decision.risk_level",
+    "explanation_status": "explanation_status",
+    "revision": "revision",
+    "workflow_session_id": "workflow_session_id",
+    "material_id": "material_id",
+    "machine_id": "machine_id",
+    "parent_run_id": "parent_run_id",
+}
+SUMMARY = (
+    "run_id", "created_at_utc", "status", "event_type", "mode", "tool_id", "source",
+    "risk_level", "explanation_status", "revision",
+)  # fmt: skip
+EQUALITY_FILTERS = tuple(c for c in COLUMNS if c not in {"run_id", "created_at_utc", "revision"})
+# Filters selective enough to deserve their own (filter, newest-first) index.
+_INDEXED = ("source", "status", "tool_id", "workflow_session_id", "parent_run_id")
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS runs ("
+    + ", ".join(f"{c} {'INTEGER' if c == 'revision' else 'TEXT'}" for c in COLUMNS)
+    + ", PRIMARY KEY (run_id)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS runs_newest ON runs (created_at_utc DESC, run_id DESC)",
+    *(
+        f"CREATE INDEX IF NOT EXISTS runs_{c} ON runs ({c}, created_at_utc DESC, run_id DESC)"
+        for c in _INDEXED
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated ``list`` request: equality filters, a time range, a page position."""
+
+    equals: tuple[tuple[str, str], ...] = ()
+    tool_id_prefix: str | None = None
+    created_from: str | None = None
+    created_to: str | None = None
+    after: tuple[str, str] | None = None  # (created_at_utc, run_id) of the previous page's last
+    limit: int = 50
+
+
+def row_of(artifact: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(lookup(artifact, path) for path in COLUMNS.values())
+
+
+class RunIndex:
+    """One SQLite file; safe to share between threads of a process and between processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self._transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        assert self._db is not None, "open() the index first"
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def upsert(self, artifacts: Iterable[dict[str, Any]]) -> None:
+        """Add or refresh the rows of these artifacts, in one transaction."""
+        placeholders = ", ".join("?" * len(COLUMNS))
+        with self._transaction() as db:
+            db.executemany(
+                f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                [row_of(a) for a in artifacts],
+            )
+
+    def clear(self) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs")
+
+    def count(self) -> int:
+        assert self._db is not None
+        with self._lock:
+            (n,) = self._db.execute("SELECT count(*) FROM runs").fetchone()
+        return int(n)
+
+    def query(self, query: Query) -> list[dict[str, Any]]:
+        """Up to ``limit + 1`` summaries, newest first (the extra row says a next page exists)."""
+        where, params = _where(query)
+        sql = (
+            f"SELECT {', '.join(SUMMARY)} FROM runs {where} "
+            "ORDER BY created_at_utc DESC, run_id DESC LIMIT ?"
+        )
+        assert self._db is not None
+        with self._lock:
+            rows = self._db.execute(sql, [*params, query.limit + 1]).fetchall()
+        return [dict(zip(SUMMARY, row, strict=True)) for row in rows]
+
+
+def _where(query: Query) -> tuple[str, Sequence[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, value in query.equals:
+        assert column in EQUALITY_FILTERS
+        clauses.append(f"{column} = ?")
+        params.append(value)
+    if query.tool_id_prefix is not None:
+        clauses.append("substr(tool_id, 1, ?) = ?")
+        params += [len(query.tool_id_prefix), query.tool_id_prefix]
+    if query.created_from is not None:
+        clauses.append("created_at_utc >= ?")
+        params.append(query.created_from)
+    if query.created_to is not None:
+        clauses.append("created_at_utc <= ?")
+        params.append(query.created_to)
+    if query.after is not None:
+        clauses.append("(created_at_utc, run_id) < (?, ?)")
+        params += list(query.after)
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
