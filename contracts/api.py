@@ -61,6 +61,11 @@ class ListRequest(ListFilters):
         return self.model_dump(exclude_none=True, exclude={"limit", "cursor"})
 
 
+class DiffRequest(_Request):
+    a: RunId
+    b: RunId
+
+
 class BlobRequest(_Request):
     sha256: Sha256
 

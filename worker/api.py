@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -21,6 +21,7 @@ from contracts.api import (
     SHA256_HEADER,
     BlobHeaders,
     BlobRequest,
+    DiffRequest,
     GetRequest,
     ListRequest,
     error_reply,
@@ -30,6 +31,7 @@ from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import ApiErrorCode
 from contracts.models import parse_timestamp
 from worker.core.cursor import CursorError, decode_cursor, encode_cursor
+from worker.core.diff import diff_runs
 from worker.core.ingest import describe_errors
 from worker.core.timefmt import utc_now, utc_text
 from worker.errors import RejectedError, TransientError
@@ -87,6 +89,8 @@ class Api:
             "get": self.get,
             "create": self.create,
             "list": self.list_page,
+            "diff": self.diff,
+            "verify": self.verify,
             "attachments.put": self.put_attachment,
             "attachments.get": self.get_attachment,
         }
@@ -111,10 +115,7 @@ class Api:
 
     async def get(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         request = parse_request(GetRequest, body)
-        run = await self._store.get_run(request.run_id)
-        if run is None:
-            raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
-        return Reply(ok_reply(run=run))
+        return Reply(ok_reply(run=await self._run(request.run_id)))
 
     async def list_page(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """A page of summaries, newest first, and the cursor of the next page (or null)."""
@@ -131,6 +132,28 @@ class Api:
             last = items[-1]
             next_cursor = encode_cursor(last["created_at_utc"], last["run_id"], filters)
         return Reply(ok_reply(items=items, next_cursor=next_cursor))
+
+    async def _run(self, run_id: str) -> dict[str, Any]:
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {run_id}")
+        return run
+
+    async def diff(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """What differs between two runs' immutable cores, and how much it matters."""
+        request = parse_request(DiffRequest, body)
+        a, b = await self._run(request.a), await self._run(request.b)
+        return Reply(ok_reply(a=request.a, b=request.b, **diff_runs(a, b)))
+
+    async def verify(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Recompute every hash from the bytes on disk, never from a cache."""
+        request = parse_request(GetRequest, body)
+        report = await self._store.verify_run(request.run_id)
+        if report is None:
+            raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
+        checks = [check.as_dict() for check in report]
+        valid = all(check["ok"] for check in checks)
+        return Reply(ok_reply(run_id=request.run_id, valid=valid, checks=checks))
 
     async def create(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The ingest path with a reply instead of a dead letter."""

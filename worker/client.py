@@ -117,6 +117,14 @@ class RunsClient:
     async def create(self, event: dict[str, Any]) -> dict[str, Any]:
         return await self.request("create", event)
 
+    async def diff(self, a: str, b: str) -> dict[str, Any]:
+        """``{severity, changed_paths, changes}`` between two runs' immutable cores."""
+        return await self.request("diff", {"a": a, "b": b})
+
+    async def verify(self, run_id: str) -> dict[str, Any]:
+        """``{valid, checks}``, recomputed by the worker from the bytes on disk."""
+        return await self.request("verify", {"run_id": run_id})
+
     async def list_page(
         self, *, limit: int = 50, cursor: str | None = None, **filters: Any
     ) -> dict[str, Any]:

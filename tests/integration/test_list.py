@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from contracts.canonical import derive_run_id
@@ -12,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 async def seed(
-    client: RunsClient, n: int, prefix: str = "evt", hour: int = 10, **fields: object
+    client: RunsClient, n: int, prefix: str = "evt", hour: int = 10, **fields: Any
 ) -> list[str]:
     """Publish n events a second apart from ``hour``:00:00; their run ids, oldest first."""
     ids = []

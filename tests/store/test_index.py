@@ -82,7 +82,7 @@ class TestQuery:
         later = artifact(100, created_at_utc="2026-11-25T00:00:00.000000+00:00")
         await store.create_runs([NewRun(later["run_id"], later)])
         seen = [r["run_id"] for r in first[:3]]
-        after = (first[2]["created_at_utc"], first[2]["run_id"])
+        after: tuple[str, str] | None = (first[2]["created_at_utc"], first[2]["run_id"])
         while after is not None:
             page = await store.list_runs(Query(limit=3, after=after))
             seen += [r["run_id"] for r in page[:3]]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from worker.core.verify import Check
 from worker.store.index import Query
 
 
@@ -50,6 +51,9 @@ class RunStore(Protocol):
 
         Run ids within one call are distinct. Raises ``TransientError`` when nothing may be acked.
         """
+
+    async def verify_run(self, run_id: str) -> list[Check] | None:
+        """Integrity checks recomputed from the stored bytes; None when the run is absent."""
 
     async def list_runs(self, query: Query) -> list[dict[str, Any]]:
         """Index summaries matching ``query``, newest first, up to ``query.limit + 1``."""

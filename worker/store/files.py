@@ -29,8 +29,9 @@ from typing import Any
 
 import aiofiles
 
-from contracts.canonical import sha256_hex
+from contracts.canonical import sha256_file, sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
+from worker.core.verify import Check, verify_artifact
 from worker.errors import TransientError
 from worker.store.base import BlobInfo, Created, NewRun
 from worker.store.index import Query, RunIndex
@@ -133,6 +134,29 @@ class FileStore:
         data = await _read(self.run_path(run_id))
         return None if data is None else json.loads(data)
 
+    async def verify_run(self, run_id: str) -> list[Check] | None:
+        """The integrity checks of a run, from the bytes on disk now; None when absent."""
+        return await asyncio.to_thread(self._verify, run_id)
+
+    def _verify(self, run_id: str) -> list[Check] | None:
+        try:
+            data = self.run_path(run_id).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            artifact = json.loads(data)
+        except ValueError as exc:
+            return [Check("artifact", False, "a JSON object", f"not JSON: {exc}")]
+        blobs = {sha: self._blob_facts(sha) for sha in _attachment_hashes(artifact)}
+        return verify_artifact(artifact, blobs, run_id=run_id)
+
+    def _blob_facts(self, sha256: str) -> tuple[str, int] | None:
+        path = self.blob_path(sha256)
+        try:
+            return sha256_file(path), path.stat().st_size
+        except FileNotFoundError:
+            return None
+
     async def create_runs(self, runs: Sequence[NewRun]) -> list[Created]:
         if not runs:
             return []
@@ -202,6 +226,15 @@ class FileStore:
         info = await self.get_blob_info(sha256)
         data = await _read(self.blob_path(sha256)) if info is not None else None
         return None if data is None or info is None else (data, info)
+
+
+def _attachment_hashes(artifact: Any) -> set[str]:
+    """The well-formed blob hashes an artifact names (a tampered one may name anything)."""
+    entries = artifact.get("attachments") if isinstance(artifact, dict) else None
+    if not isinstance(entries, list):
+        return set()
+    hashes = (e.get("sha256") for e in entries if isinstance(e, dict))
+    return {h for h in hashes if isinstance(h, str) and _SHA256.fullmatch(h)}
 
 
 def _load(path: Path) -> dict[str, Any]:
