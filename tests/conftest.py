@@ -12,6 +12,16 @@ from worker.client import RunsClient
 from worker.nats_server import NatsServer
 
 
+@pytest.fixture(autouse=True)
+async def _reap_workers() -> AsyncIterator[None]:
+    """No worker process outlives its test, whatever the test did."""
+    yield
+    while WorkerProcess.started:
+        proc = WorkerProcess.started.pop()
+        if proc.proc is not None and proc.proc.returncode is None:
+            await proc.kill()
+
+
 @pytest.fixture
 async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
     """A fresh nats-server with JetStream on a random loopback port, its own store dir."""

@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -43,6 +43,8 @@ def event(event_id: str, source: str = "engine-a", **fields: Any) -> dict[str, A
 class WorkerProcess:
     """``rmos-runs worker`` as a child process, as an operator would run it."""
 
+    started: ClassVar[list[WorkerProcess]] = []  # reaped after each test, even a failed one
+
     def __init__(
         self,
         nats_url: str | None,
@@ -70,6 +72,7 @@ class WorkerProcess:
             *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT,
         )  # fmt: skip
         log.close()
+        WorkerProcess.started.append(self)
         if client is not None:
             await self.wait_ready(client, timeout)
 
