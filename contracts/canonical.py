@@ -4,7 +4,8 @@ Fast path: ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=Fals
 bytes (same escapes, same shortest round-trip digits) unless a float is integral or -0.0, a float
 is below 1e-4 in magnitude (Python writes an exponent there; non-integral floats are all < 2**53),
 or a key lies outside the BMP (JCS sorts by UTF-16 code units). One cheap walk looks for those and
-rejects big ints, NaN and Infinity; only values holding one go through the slower ``rfc8785``.
+rejects big ints, NaN and Infinity. Integral floats (the common case: ``110.0``) are then written
+as the ints they equal, which JCS prints alike; only what is left goes through ``rfc8785``.
 """
 
 from __future__ import annotations
@@ -276,6 +277,9 @@ def canonical(value: Any) -> bytes:
     """
     try:
         fast = _fast_path_safe(value)
+        if not fast:  # most often only integral floats (110.0): as ints, json.dumps writes JCS
+            value = _integral_floats_as_ints(value)
+            fast = _fast_path_safe(value)
         if fast:
             text = json.dumps(
                 value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -284,6 +288,18 @@ def canonical(value: Any) -> bytes:
         return _slow(value)
     except RecursionError:
         raise InvalidJsonError("nesting too deep") from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """A copy with every integral float within ±(2**53 - 1) (and -0.0) turned into an int."""
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() and abs(value) <= MAX_SAFE_INTEGER else value
+    if kind is dict:
+        return {k: _integral_floats_as_ints(v) for k, v in value.items()}
+    if kind is list:
+        return [_integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def _slow(value: Any) -> bytes:

@@ -199,11 +199,12 @@ class TestFastPath:
             ({"a": 1e-4, "b": -0.5, "c": 123456789012345.6}, True),
             ({"a": True, "b": False, "c": None, "d": MAX_SAFE_INTEGER}, True),
             ({"\uffff": "\U0001f600"}, True),  # non-BMP values are fine, only keys matter
-            ({"a": 1.0}, False),
-            ({"a": [-0.0]}, False),
+            ({"a": 1.0}, True),  # integral floats are written as the ints they equal
+            ({"a": [-0.0]}, True),
+            ([{"x": 1}, 2.0], True),
+            ({"a": 2.0**53}, False),  # beyond 2**53 an integral float stays a float
             ({"a": [[9.999999999999999e-05]]}, False),
             ({"a": {"\U0001f600": 1}}, False),
-            ([{"x": 1}, 2.0], False),
         ],
     )
     def test_path_choice(self, value: Any, fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
