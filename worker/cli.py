@@ -10,7 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from contracts.api import ListFilters
+from contracts.codes import DeadLetterCode
 from worker.settings import Settings
+
+Subparsers = argparse._SubParsersAction  # the type add_subparsers() returns
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +35,49 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("publish-demo", help="publish a few realistic run events")
     _common(demo)
     demo.add_argument("--tag", default="demo", help="event id prefix (new tag, new runs)")
+    _operator_commands(commands)
     return parser
+
+
+def _operator_commands(commands: Subparsers[argparse.ArgumentParser]) -> None:
+    """The client commands of ``worker.commands`` (``args.action`` names the one to run)."""
+    _client(commands, "get", "show one run artifact").add_argument("run_id")
+    runs = _client(commands, "list", "list run summaries, newest first")
+    for name in ListFilters.model_fields:
+        runs.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper())
+    runs.add_argument("--limit", type=int, help="page size, 1-500 (default 50; 200 with --all)")
+    runs.add_argument("--cursor", help="continue after a previous page")
+    runs.add_argument("--all", action="store_true", help="every matching run, page after page")
+    diff = _client(commands, "diff", "what changed between two runs, with its severity")
+    diff.add_argument("a", metavar="RUN_A")
+    diff.add_argument("b", metavar="RUN_B")
+    _client(commands, "verify", "recompute a run's hashes (exit 1: invalid)").add_argument("run_id")
+    attach = _client(commands, "attach", "store a file as an attachment blob")
+    attach.add_argument("file", type=Path)
+    attach.add_argument("--kind", required=True, help="attachment kind, e.g. gcode")
+    attach.add_argument("--mime", help="mime type (default: guessed from the file name)")
+    attach.add_argument("--filename", help="file name to record (default: the file's)")
+    dlq = commands.add_parser("dlq", help="read and replay the dead-letter stream")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    letters = _client(dlq_commands, "list", "the newest dead letters", action="dlq list")
+    codes = [code.value for code in DeadLetterCode]
+    letters.add_argument("--code", choices=codes, metavar="CODE", help=", ".join(codes))
+    letters.add_argument("--limit", type=int, default=50, help="how many (default 50)")
+    replay = _client(dlq_commands, "replay", "publish dead letters again", action="dlq replay")
+    replay.add_argument("seqs", nargs="+", type=int, metavar="SEQ", help="dead-letter sequence")
+
+
+def _client(
+    commands: Subparsers[argparse.ArgumentParser], name: str, text: str, action: str = ""
+) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=text, description=text)
+    command.add_argument("--nats-url", help="NATS URL (env RMOS_NATS_URL; else a local worker's)")
+    command.add_argument("--data-dir", type=Path, help="where a local worker wrote its URL")
+    command.add_argument("--json", action="store_true", help="JSON output, one object per line")
+    command.add_argument("--timeout", type=float, default=10.0, help="reply timeout, seconds")
+    command.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    command.set_defaults(action=action or name)
+    return command
 
 
 def _common(command: argparse.ArgumentParser) -> None:
@@ -62,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(runner.run_worker(settings, demo=args.demo))
     if args.command == "reindex":
         return runner.reindex(settings)
-    return asyncio.run(runner.publish_demo(settings, tag=args.tag))
+    if args.command == "publish-demo":
+        return asyncio.run(runner.publish_demo(settings, tag=args.tag))
+    from worker import commands
+
+    return commands.run(args, settings)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def _load_syncfs() -> ctypes._NamedFuncPointer | None:
 
 
 _SYNCFS = _load_syncfs()
+SYNCFS_AVAILABLE = _SYNCFS is not None
 
 
 class Flusher:

@@ -11,7 +11,7 @@ Layout::
 A file is created by writing a temp file, flushing, then ``os.link``-ing it to its final name:
 the link fails with EEXIST when the name exists (create-if-absent across processes), and a
 reader never sees a partial file. Runs are created a batch at a time: one flush for the temp
-files and the batch's intent, links, one flush for the links, one index transaction.
+files and the batch's intent, links, one index transaction, one flush for links and index.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class FileStore:
         self.runs_dir = data_dir / "runs"
         self.blobs_dir = data_dir / "blobs"
         self.workspace = Workspace(data_dir, use_syncfs=use_syncfs)
-        self.index = RunIndex(data_dir / "index.sqlite")
+        # With syncfs the commit's last flush covers the index's WAL too; else SQLite fsyncs.
+        self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=self.workspace.batched)
 
     async def open(self, *, rebuild_lost_index: bool = True) -> None:
         """Create the layout, sweep leftovers, repair the index; before the first message."""
@@ -166,7 +167,7 @@ class FileStore:
             raise TransientError(f"group commit failed: {exc}") from exc
 
     def _commit(self, runs: Sequence[NewRun]) -> list[Created]:
-        """Group commit: write all, flush, link all, flush, index. Runs in a worker thread."""
+        """Group commit: write all, flush, link all, index, flush. Runs in a worker thread."""
         finals = [self.run_path(run.run_id) for run in runs]
         intent = self.workspace.write_intent(run.run_id for run in runs)
         temps = [self.workspace.write_temp(run.run_id, encode(run.artifact)) for run in runs]
@@ -176,14 +177,15 @@ class FileStore:
                 Created(True, run.artifact) if _link(temp, final) else Created(False, _load(final))
                 for run, temp, final in zip(runs, temps, finals, strict=True)
             ]
-            self.workspace.flush(dirs={final.parent for final in finals})
             # Runs that existed are indexed again from their file: a commit that linked them
             # and failed before its index transaction is repaired by the redelivery.
             self.index.upsert(result.stored for result in results)
+            # One flush for the links and the index together (see ``RunIndex``).
+            self.workspace.flush(dirs={final.parent for final in finals})
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
-        intent.unlink()  # only once the index has the runs: a crash before leaves the intent
+        intent.unlink()  # only once links and index are durable: a crash before leaves it
         return results
 
     async def blob_size(self, sha256: str) -> int | None:

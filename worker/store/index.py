@@ -3,8 +3,10 @@
 The artifacts stay the source of truth. The index is written in the same group commit as the
 runs (after their links, before anything is acked), and a commit that crashed in between is
 repaired at start-up from its intent file (see ``workspace``): no query ever scans the store,
-and no write rewrites the whole index. WAL with ``synchronous=FULL``: one more flush per batch,
-so that a row is durable before the intent that would redo it is dropped.
+and no write rewrites the whole index. A row must be durable before the intent that would redo
+it is dropped: SQLite runs in WAL mode, and where the store flushes with ``syncfs`` that flush
+(after the index transaction) covers the WAL, so SQLite need not fsync (``synchronous=NORMAL``);
+elsewhere it does (``FULL``).
 """
 
 from __future__ import annotations
@@ -74,15 +76,16 @@ def row_of(artifact: dict[str, Any]) -> tuple[Any, ...]:
 class RunIndex:
     """One SQLite file; safe to share between threads of a process and between processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, flushed_by_caller: bool = False) -> None:
         self.path = path
+        self._synchronous = "NORMAL" if flushed_by_caller else "FULL"
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         self._db.execute("PRAGMA busy_timeout=10000")
         with self._transaction() as db:
             for statement in _SCHEMA:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from worker.store.durable import Flusher
+from worker.store.durable import SYNCFS_AVAILABLE, Flusher
 
 
 class Workspace:
@@ -83,6 +83,11 @@ class Workspace:
         finally:
             os.close(fd)
         return path
+
+    @property
+    def batched(self) -> bool:
+        """Whether a flush covers every file of the file system (``syncfs``)."""
+        return self._use_syncfs and SYNCFS_AVAILABLE
 
     def flush(self, files: Iterable[Path] = (), dirs: Iterable[Path] = ()) -> None:
         assert self._flusher is not None, "open() the store first"
