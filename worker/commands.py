@@ -59,6 +59,7 @@ DLQ_COLUMNS = (
     "dead_lettered_at",
     "detail",
 )
+PAGE_SIZE = 50  # list without --all: the contract's default page
 ALL_PAGE_SIZE = 200
 CELL_WIDTH = 64  # values wider than this are shortened in tables (a SHA-256 still fits)
 DETAIL_WIDTH = 60
@@ -204,7 +205,8 @@ def list_filters(args: argparse.Namespace) -> dict[str, Any]:
 async def _one_page(
     client: RunsClient, args: argparse.Namespace, filters: dict[str, Any]
 ) -> AsyncIterator[dict[str, Any]]:
-    page = await client.list_page(limit=args.limit or 50, cursor=args.cursor, **filters)
+    limit = PAGE_SIZE if args.limit is None else args.limit
+    page = await client.list_page(limit=limit, cursor=args.cursor, **filters)
     for item in page["items"]:
         yield item
     if page["next_cursor"] is not None:
@@ -214,7 +216,8 @@ async def _one_page(
 async def list_runs(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
     filters = list_filters(args)
     if args.all:
-        items = client.iter_runs(page_size=args.limit or ALL_PAGE_SIZE, **filters)
+        page_size = ALL_PAGE_SIZE if args.limit is None else args.limit
+        items = client.iter_runs(page_size=page_size, **filters)
     else:
         items = _one_page(client, args, filters)
     rows = []
