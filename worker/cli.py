@@ -18,7 +18,9 @@ Subparsers = argparse._SubParsersAction  # the type add_subparsers() returns
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rmos-runs", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rmos-runs", description="RMOS run artifacts: the ingestion worker and its tools."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run the ingestion worker")
