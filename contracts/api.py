@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,3 +87,67 @@ def error_reply(code: str, message: str, **extra: Any) -> bytes:
     """``{"ok": false, "error": {"code": ..., "message": ...}}``."""
     error = {"code": code, "message": message, **extra}
     return json.dumps({"ok": False, "error": error}, ensure_ascii=False).encode()
+
+
+class _Reply(BaseModel):
+    """A success reply; fields added by a newer worker are ignored, not refused."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CreateResult(_Reply):
+    run_id: str
+    revision: int
+    duplicate: bool
+
+
+class RunSummary(_Reply):
+    """One item of a ``list`` page."""
+
+    run_id: str
+    created_at_utc: str
+    status: str
+    event_type: str
+    mode: str
+    tool_id: str
+    source: str
+    risk_level: str | None
+    explanation_status: str
+    revision: int
+
+
+class ListPage(_Reply):
+    items: list[RunSummary]
+    next_cursor: str | None
+
+
+class Change(_Reply):
+    path: str
+    a: Any
+    b: Any
+
+
+class DiffResult(_Reply):
+    a: str
+    b: str
+    severity: Literal["CRITICAL", "WARNING", "INFO"]
+    changed_paths: list[str]
+    changes: list[Change]
+
+
+class VerifyCheck(_Reply):
+    name: str
+    ok: bool
+    expected: Any
+    actual: Any
+
+
+class VerifyReport(_Reply):
+    run_id: str
+    valid: bool
+    checks: list[VerifyCheck]
+
+
+class BlobStored(_Reply):
+    sha256: str
+    size_bytes: int

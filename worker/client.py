@@ -17,7 +17,18 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
 
-from contracts.api import ERROR_HEADER, FILENAME_HEADER, KIND_HEADER, MIME_HEADER
+from contracts.api import (
+    ERROR_HEADER,
+    FILENAME_HEADER,
+    KIND_HEADER,
+    MIME_HEADER,
+    BlobStored,
+    CreateResult,
+    DiffResult,
+    ListPage,
+    RunSummary,
+    VerifyReport,
+)
 from contracts.subjects import Subjects
 
 
@@ -97,10 +108,16 @@ class RunsClient:
 
     async def put_attachment(
         self, data: bytes, *, kind: str, mime: str, filename: str
-    ) -> dict[str, Any]:
-        """Store a blob; returns ``{"ok", "sha256", "size_bytes"}``."""
+    ) -> BlobStored:
+        """Store a blob, content-addressed."""
+        if len(data) > self.nc.max_payload:  # the server would drop the connection instead
+            raise RunsApiError(
+                "PAYLOAD_TOO_LARGE",
+                f"{len(data)} bytes, server max_payload {self.nc.max_payload}",
+                {},
+            )
         headers = {KIND_HEADER: kind, MIME_HEADER: mime, FILENAME_HEADER: filename}
-        return await self.request("attachments.put", data, headers)
+        return BlobStored.model_validate(await self.request("attachments.put", data, headers))
 
     async def get_attachment(self, sha256: str) -> tuple[bytes, dict[str, str]]:
         """The blob's bytes and its ``Rmos-*`` metadata headers."""
@@ -111,36 +128,36 @@ class RunsClient:
         return msg.data, headers
 
     async def get(self, run_id: str) -> dict[str, Any]:
+        """The artifact exactly as stored (a plain dict, so that its hashes can be recomputed)."""
         run: dict[str, Any] = (await self.request("get", {"run_id": run_id}))["run"]
         return run
 
-    async def create(self, event: dict[str, Any]) -> dict[str, Any]:
-        return await self.request("create", event)
+    async def create(self, event: dict[str, Any]) -> CreateResult:
+        """Ingest an event through request–reply; answered once it is durable."""
+        return CreateResult.model_validate(await self.request("create", event))
 
-    async def diff(self, a: str, b: str) -> dict[str, Any]:
-        """``{severity, changed_paths, changes}`` between two runs' immutable cores."""
-        return await self.request("diff", {"a": a, "b": b})
+    async def diff(self, a: str, b: str) -> DiffResult:
+        """What differs between two runs' immutable cores, with its severity."""
+        return DiffResult.model_validate(await self.request("diff", {"a": a, "b": b}))
 
-    async def verify(self, run_id: str) -> dict[str, Any]:
-        """``{valid, checks}``, recomputed by the worker from the bytes on disk."""
-        return await self.request("verify", {"run_id": run_id})
+    async def verify(self, run_id: str) -> VerifyReport:
+        """Every check, recomputed by the worker from the bytes on disk."""
+        return VerifyReport.model_validate(await self.request("verify", {"run_id": run_id}))
 
     async def list_page(
         self, *, limit: int = 50, cursor: str | None = None, **filters: Any
-    ) -> dict[str, Any]:
-        """One page: ``{"items": [...], "next_cursor": str | None}``."""
+    ) -> ListPage:
+        """One page of summaries, newest first, and the cursor of the next (None: last page)."""
         body = {**filters, "limit": limit, **({"cursor": cursor} if cursor else {})}
-        return await self.request("list", body)
+        return ListPage.model_validate(await self.request("list", body))
 
-    async def iter_runs(
-        self, *, page_size: int = 200, **filters: Any
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def iter_runs(self, *, page_size: int = 200, **filters: Any) -> AsyncIterator[RunSummary]:
         """Every matching run summary, newest first, page after page."""
         cursor = None
         while True:
             page = await self.list_page(limit=page_size, cursor=cursor, **filters)
-            for item in page["items"]:
+            for item in page.items:
                 yield item
-            cursor = page["next_cursor"]
+            cursor = page.next_cursor
             if cursor is None:
                 return

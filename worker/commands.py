@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from pydantic import ValidationError
 
-from contracts.api import ListFilters
+from contracts.api import ListFilters, RunSummary
 from contracts.models import DeadLetter
 from contracts.subjects import Subjects
 from worker.client import RunsApiError, RunsClient
@@ -207,17 +207,17 @@ async def _one_page(
 ) -> AsyncIterator[dict[str, Any]]:
     limit = PAGE_SIZE if args.limit is None else args.limit
     page = await client.list_page(limit=limit, cursor=args.cursor, **filters)
-    for item in page["items"]:
-        yield item
-    if page["next_cursor"] is not None:
-        _note(f"more runs: --all, or --cursor {page['next_cursor']}")
+    for item in page.items:
+        yield item.model_dump()
+    if page.next_cursor is not None:
+        _note(f"more runs: --all, or --cursor {page.next_cursor}")
 
 
 async def list_runs(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
     filters = list_filters(args)
     if args.all:
         page_size = ALL_PAGE_SIZE if args.limit is None else args.limit
-        items = client.iter_runs(page_size=page_size, **filters)
+        items = _dumped(client.iter_runs(page_size=page_size, **filters))
     else:
         items = _one_page(client, args, filters)
     rows = []
@@ -231,8 +231,13 @@ async def list_runs(client: RunsClient, args: argparse.Namespace, out: TextIO) -
     return 0
 
 
+async def _dumped(summaries: AsyncIterator[RunSummary]) -> AsyncIterator[dict[str, Any]]:
+    async for summary in summaries:
+        yield summary.model_dump()
+
+
 async def diff(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
-    reply = await client.diff(args.a, args.b)
+    reply = (await client.diff(args.a, args.b)).model_dump()
     if args.json:
         _emit(out, json_line(reply))
         return 0
@@ -244,7 +249,7 @@ async def diff(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int
 
 
 async def verify(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
-    reply = await client.verify(args.run_id)
+    reply = (await client.verify(args.run_id)).model_dump()
     if args.json:
         _emit(out, json_line(reply))
     else:
@@ -268,11 +273,11 @@ async def attach(client: RunsClient, args: argparse.Namespace, out: TextIO) -> i
     mime, filename = attachment_meta(path, args.mime, args.filename)
     reply = await client.put_attachment(data, kind=args.kind, mime=mime, filename=filename)
     ref = {  # an ``attachments`` entry of a run event, ready to use
-        "sha256": reply["sha256"],
+        "sha256": reply.sha256,
         "kind": args.kind,
         "mime": mime,
         "filename": filename,
-        "size_bytes": reply["size_bytes"],
+        "size_bytes": reply.size_bytes,
     }
     _emit(out, json_line(ref) if args.json else key_values(ref.items()))
     return 0

@@ -115,7 +115,7 @@ class TestList:
         second = await publish(client, "l2", tool_id="saw-2", status="ERROR")
         third = await publish(client, "l3", tool_id="drill-1", machine_id="m-7")
         url = nats_server.url
-        newest_first = [item["run_id"] for item in (await client.list_page())["items"]]
+        newest_first = [item.run_id for item in (await client.list_page()).items]
         assert set(newest_first) == {first, second, third}
 
         table = await cli("list", url=url)
@@ -125,7 +125,7 @@ class TestList:
         assert [line.split()[0] for line in lines[1:]] == newest_first
 
         as_json = await cli("list", "--json", url=url)
-        assert as_json.json_lines() == (await client.list_page())["items"]
+        assert as_json.json_lines() == [i.model_dump() for i in (await client.list_page()).items]
 
         for flags, expected in [
             (["--status", "ERROR"], [second]),
@@ -145,7 +145,7 @@ class TestList:
         for n in range(3):
             await publish(client, f"p{n}")
         url = nats_server.url
-        ordered = [item["run_id"] async for item in client.iter_runs()]
+        ordered = [item.run_id async for item in client.iter_runs()]
         page = await cli("list", "--limit", "2", "--json", url=url)
         assert page.code == 0, page.err
         assert [item["run_id"] for item in page.json_lines()] == ordered[:2]
@@ -180,7 +180,7 @@ class TestDiffVerify:
         assert changes.splitlines()[0].split() == ["PATH", "A", "B"]
         assert changes.splitlines()[1].split() == ["status", "OK", "ERROR"]
         as_json = await cli("diff", a, b, "--json", url=nats_server.url)
-        assert as_json.json_lines() == [await client.diff(a, b)]
+        assert as_json.json_lines() == [(await client.diff(a, b)).model_dump()]
         same = await cli("diff", a, a, url=nats_server.url)
         assert block(same.out)["changes"] == "0"
         missing = await cli("diff", a, "run_" + "9" * 32, url=nats_server.url)

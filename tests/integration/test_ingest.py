@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from contracts.api import BlobStored, CreateResult
 from contracts.canonical import derive_run_id, sha256_json
 from contracts.models import RunArtifact
 from tests.support import (
@@ -189,14 +190,11 @@ class TestApi:
         """``create`` stores once and answers duplicates with the current revision."""
         body = event("evt-api", source="api-client")
         reply = await client.create(body)
-        assert reply == {
-            "ok": True,
-            "run_id": derive_run_id("api-client", "evt-api"),
-            "revision": 1,
-            "duplicate": False,
-        }
-        assert (await client.create(body))["duplicate"] is True
-        run = await client.get(reply["run_id"])
+        assert reply == CreateResult(
+            run_id=derive_run_id("api-client", "evt-api"), revision=1, duplicate=False
+        )
+        assert (await client.create(body)).duplicate is True
+        run = await client.get(reply.run_id)
         assert run["source"] == "api-client"
 
     async def test_create_refusals_are_replies(
@@ -278,12 +276,12 @@ class TestAttachments:
         """Bytes put come back byte for byte with their metadata; the same bytes, same answer."""
         blob = bytes(range(256)) * 10
         put = await client.put_attachment(blob, kind="gcode", mime="text/x-gcode", filename="a.nc")
-        assert put == {"ok": True, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": 2560}
+        assert put == BlobStored(sha256=hashlib.sha256(blob).hexdigest(), size_bytes=2560)
         again = await client.put_attachment(blob, kind="other", mime="x/y", filename="b")
         assert again == put
-        data, headers = await client.get_attachment(put["sha256"])
+        data, headers = await client.get_attachment(put.sha256)
         assert data == blob
-        assert headers["Rmos-Sha256"] == put["sha256"]
+        assert headers["Rmos-Sha256"] == put.sha256
         assert (headers["Rmos-Kind"], headers["Rmos-Mime"], headers["Rmos-Filename"]) == (
             "gcode",
             "text/x-gcode",
@@ -308,7 +306,7 @@ class TestAttachments:
         blob = b"G21\nG90\nG1 X10 Y10\n"
         put = await client.put_attachment(blob, kind="gcode", mime="text/plain", filename="p.nc")
         ref = {
-            "sha256": put["sha256"],
+            "sha256": put.sha256,
             "kind": "gcode",
             "mime": "text/plain",
             "filename": "p.nc",

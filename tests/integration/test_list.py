@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from contracts.api import ListPage
 from contracts.canonical import derive_run_id
 from tests.support import WorkerProcess, event, wait_settled
 from worker.client import RunsApiError, RunsClient
@@ -31,8 +32,8 @@ async def all_pages(client: RunsClient, limit: int, **filters: object) -> list[l
     pages, cursor = [], None
     for _ in range(100):  # bounded: never loops forever on a bad cursor
         page = await client.list_page(limit=limit, cursor=cursor, **filters)
-        pages.append([item["run_id"] for item in page["items"]])
-        cursor = page["next_cursor"]
+        pages.append([item.run_id for item in page.items])
+        cursor = page.next_cursor
         if cursor is None:
             return pages
     raise AssertionError("too many pages")
@@ -47,15 +48,16 @@ class TestList:
         pages = await all_pages(client, limit=3)
         assert pages == [ids[::-1][0:3], ids[::-1][3:6], ids[::-1][6:9]]
         page = await client.list_page(limit=500)
-        assert page["next_cursor"] is None
-        assert set(page["items"][0]) == {
+        assert page.next_cursor is None
+        assert set(page.items[0].model_dump()) == {
             "run_id", "created_at_utc", "status", "event_type", "mode", "tool_id", "source",
             "risk_level", "explanation_status", "revision",
         }  # fmt: skip
 
     async def test_empty(self, worker: WorkerProcess, client: RunsClient) -> None:
         """No runs: an empty page and a null cursor."""
-        assert await client.list_page() == {"ok": True, "items": [], "next_cursor": None}
+        page = await client.list_page()
+        assert (page.items, page.next_cursor) == ([], None)
 
     async def test_runs_arriving_between_pages(
         self, worker: WorkerProcess, client: RunsClient
@@ -64,10 +66,10 @@ class TestList:
         ids = await seed(client, 6)
         first = await client.list_page(limit=4)
         await seed(client, 3, prefix="late", hour=11)  # newer than every page
-        rest = await client.list_page(limit=4, cursor=first["next_cursor"])
-        seen = [i["run_id"] for i in first["items"] + rest["items"]]
+        rest = await client.list_page(limit=4, cursor=first.next_cursor)
+        seen = [i.run_id for i in first.items + rest.items]
         assert seen == ids[::-1]
-        assert rest["next_cursor"] is None
+        assert rest.next_cursor is None
 
     async def test_filters(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Each filter narrows the result; filters combine with AND."""
@@ -76,10 +78,8 @@ class TestList:
         guarded = await seed(client, 2, prefix="c", decision={"risk_level": "RED"})
         by = client.list_page
 
-        def count(page: dict[str, object]) -> int:
-            items = page["items"]
-            assert isinstance(items, list)
-            return len(items)
+        def count(page: ListPage) -> int:
+            return len(page.items)
 
         assert count(await by(limit=500, tool_id="saw-1")) == 4
         assert count(await by(limit=500, tool_id_prefix="mill")) == 3
@@ -95,9 +95,7 @@ class TestList:
             created_to="2026-11-24T12:00:02+02:00",  # = 10:00:02 UTC, inclusive
         )
         assert count(window) == 2 + 2 + 1  # seconds 1 and 2 of a (4 runs), b (3), c (2)
-        assert {i["run_id"] for i in (await by(limit=500, status="BLOCKED"))["items"]} >= set(
-            guarded
-        )
+        assert {i.run_id for i in (await by(limit=500, status="BLOCKED")).items} >= set(guarded)
 
     @pytest.mark.parametrize(
         "body",
@@ -124,10 +122,10 @@ class TestList:
         await seed(client, 3)
         page = await client.list_page(limit=1, status="OK")
         with pytest.raises(RunsApiError) as info:
-            await client.list_page(limit=1, status="BLOCKED", cursor=page["next_cursor"])
+            await client.list_page(limit=1, status="BLOCKED", cursor=page.next_cursor)
         assert info.value.code == "INVALID_REQUEST"
 
     async def test_iter_runs(self, worker: WorkerProcess, client: RunsClient) -> None:
         """The client's iterator walks every page."""
         ids = await seed(client, 7)
-        assert [r["run_id"] async for r in client.iter_runs(page_size=2)] == ids[::-1]
+        assert [r.run_id async for r in client.iter_runs(page_size=2)] == ids[::-1]

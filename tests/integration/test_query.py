@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,15 @@ class TestDiff:
         )
         failed = await publish(client, "failed", notes="a", status="ERROR")
         same = await client.diff(str(base["run_id"]), str(twin["run_id"]))
-        assert (same["severity"], same["changes"]) == ("INFO", [])
+        assert (same.severity, same.changes) == ("INFO", [])
         info = await client.diff(str(base["run_id"]), str(noted["run_id"]))
-        assert info["changes"] == [{"path": "notes", "a": "a", "b": "b"}]
+        assert [c.model_dump() for c in info.changes] == [{"path": "notes", "a": "a", "b": "b"}]
         warning = await client.diff(str(base["run_id"]), str(scored["run_id"]))
-        assert warning["severity"] == "WARNING"
-        assert warning["changed_paths"] == ["decision.score"]
+        assert warning.severity == "WARNING"
+        assert warning.changed_paths == ["decision.score"]
         critical = await client.diff(str(base["run_id"]), str(failed["run_id"]))
-        assert critical["severity"] == "CRITICAL"
-        assert critical["a"] == base["run_id"]
+        assert critical.severity == "CRITICAL"
+        assert critical.a == base["run_id"]
 
     async def test_unknown_run(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Diffing against a run that does not exist is RUN_NOT_FOUND."""
@@ -62,20 +61,20 @@ class TestVerify:
         blob = b"G21 G90 G1 X1"
         put = await client.put_attachment(blob, kind="gcode", mime="text/plain", filename="a.nc")
         ref = {
-            "sha256": put["sha256"],
+            "sha256": put.sha256,
             "kind": "gcode",
             "mime": "text/plain",
             "filename": "a.nc",
             "size_bytes": len(blob),
         }
-        return await publish(client, "att", attachments=[ref]), put["sha256"]
+        return await publish(client, "att", attachments=[ref]), put.sha256
 
     async def test_valid(self, worker: WorkerProcess, client: RunsClient) -> None:
         """An untouched run passes every check, attachments included."""
         run, _ = await self.attached(client)
         report = await client.verify(str(run["run_id"]))
-        assert report["valid"] is True
-        names = [c["name"] for c in report["checks"]]
+        assert report.valid is True
+        names = [c.name for c in report.checks]
         assert names == [
             "run_id",
             "content_sha256",
@@ -98,8 +97,8 @@ class TestVerify:
         assert old in data
         path.write_bytes(data.replace(old, new))
         report = await client.verify(str(run["run_id"]))
-        assert report["valid"] is False
-        failed = {c["name"] for c in report["checks"] if not c["ok"]}
+        assert report.valid is False
+        failed = {c.name for c in report.checks if not c.ok}
         assert "content_sha256" in failed
 
     async def test_blob_byte_changed(self, worker: WorkerProcess, client: RunsClient) -> None:
@@ -108,8 +107,8 @@ class TestVerify:
         blob = worker.data_dir / "blobs" / sha[:2] / sha
         blob.write_bytes(blob.read_bytes().replace(b"X1", b"X2"))
         report = await client.verify(str(run["run_id"]))
-        assert report["valid"] is False
-        assert [c["name"] for c in report["checks"] if not c["ok"]] == ["attachments.0.sha256"]
+        assert report.valid is False
+        assert [c.name for c in report.checks if not c.ok] == ["attachments.0.sha256"]
 
     async def test_not_json_any_more(self, worker: WorkerProcess, client: RunsClient) -> None:
         """A file that no longer parses is reported invalid, not an internal error."""
@@ -117,8 +116,8 @@ class TestVerify:
         path = run_file(worker.data_dir, str(run["run_id"]))
         path.write_bytes(path.read_bytes()[:-1])
         report = await client.verify(str(run["run_id"]))
-        assert report["valid"] is False
-        assert json.dumps(report)  # still a well-formed reply
+        assert report.valid is False
+        assert report.checks[0].name == "artifact"
 
     async def test_unknown_run(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Verifying a run that does not exist is RUN_NOT_FOUND."""
