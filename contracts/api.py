@@ -61,6 +61,12 @@ class ListRequest(ListFilters):
         return self.model_dump(exclude_none=True, exclude={"limit", "cursor"})
 
 
+class PatchMetaRequest(_Request):
+    run_id: RunId
+    meta_updates: dict[str, Any]
+    expected_revision: Annotated[int, Field(ge=1)] | None = None
+
+
 class DiffRequest(_Request):
     a: RunId
     b: RunId
@@ -146,6 +152,27 @@ class VerifyReport(_Reply):
     run_id: str
     valid: bool
     checks: list[VerifyCheck]
+
+
+class MetaPatched(_Reply):
+    run_id: str
+    meta: dict[str, Any]
+    revision: int
+
+
+class Revision(_Reply):
+    """One entry of ``history``: what changed, when, why, by what."""
+
+    revision: int
+    at: str
+    change: Literal["created", "explanation", "advisory", "meta"]
+    by: str
+    changed: list[str]
+
+
+class History(_Reply):
+    run_id: str
+    revisions: list[Revision]
 
 
 class BlobStored(_Reply):

@@ -6,6 +6,7 @@ reply at all when validation fails, and the contract promises ``INVALID_REQUEST`
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,24 +25,27 @@ from contracts.api import (
     DiffRequest,
     GetRequest,
     ListRequest,
+    PatchMetaRequest,
     error_reply,
     ok_reply,
 )
-from contracts.canonical import CanonicalError, parse_json
+from contracts.canonical import CanonicalError, parse_json, sha256_json
 from contracts.codes import ApiErrorCode
 from contracts.models import parse_timestamp
 from worker.core.cursor import CursorError, decode_cursor, encode_cursor
 from worker.core.diff import diff_runs
 from worker.core.ingest import describe_errors
 from worker.core.timefmt import utc_now, utc_text
-from worker.errors import RejectedError, TransientError
+from worker.errors import RejectedError, RevisionConflictError, TransientError
 from worker.ingest import Delivery, Ingestor, Stored
 from worker.store.base import RunStore
 from worker.store.index import Query
+from worker.store.revisions import Change
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 JSON = {"content-type": "application/json"}
+MAX_META_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class Api:
             "list": self.list_page,
             "diff": self.diff,
             "verify": self.verify,
+            "patch_meta": self.patch_meta,
+            "history": self.history,
             "attachments.put": self.put_attachment,
             "attachments.get": self.get_attachment,
         }
@@ -107,6 +113,10 @@ class Api:
             return await handler(body, headers)
         except BadRequestError as exc:
             return _error(exc.code, exc.message)
+        except RevisionConflictError as exc:
+            return _error(
+                ApiErrorCode.REVISION_CONFLICT, str(exc), expected=exc.expected, actual=exc.actual
+            )
         except TransientError as exc:
             return _error(ApiErrorCode.INTERNAL, f"{exc}; try again", retryable=True)
         except Exception:
@@ -155,6 +165,45 @@ class Api:
         valid = all(check["ok"] for check in checks)
         return Reply(ok_reply(run_id=request.run_id, valid=valid, checks=checks))
 
+    async def patch_meta(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Set or (with null) remove meta keys; a compare-and-swap when a revision is expected."""
+        request = parse_request(PatchMetaRequest, body)
+        updates = request.meta_updates
+        if not updates:
+            raise BadRequestError(ApiErrorCode.INVALID_REQUEST, "meta_updates is empty")
+        if "guard" in updates:
+            raise BadRequestError(
+                ApiErrorCode.INVALID_REQUEST, "meta.guard is the safety guard's and never changes"
+            )
+        try:
+            sha256_json(updates)
+        except CanonicalError as exc:
+            raise BadRequestError(ApiErrorCode.INVALID_REQUEST, f"meta_updates: {exc}") from None
+
+        def decide(current: dict[str, Any]) -> Change | None:
+            meta = patched_meta(current.get("meta", {}), updates)
+            if meta == current.get("meta", {}):
+                return None  # nothing to change: no new revision
+            if len(json.dumps(meta)) > MAX_META_BYTES:
+                raise BadRequestError(ApiErrorCode.INVALID_REQUEST, "meta over 64 KiB")
+            return Change({"meta": meta}, change="meta", by="api.patch_meta")
+
+        result = await self._store.update_run(
+            request.run_id, decide, expected_revision=request.expected_revision
+        )
+        if result is None:
+            raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
+        run, _ = result
+        return Reply(ok_reply(run_id=request.run_id, meta=run["meta"], revision=run["revision"]))
+
+    async def history(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Every revision of a run, oldest first."""
+        request = parse_request(GetRequest, body)
+        revisions = await self._store.history(request.run_id)
+        if revisions is None:
+            raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
+        return Reply(ok_reply(run_id=request.run_id, revisions=revisions))
+
     async def create(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The ingest path with a reply instead of a dead letter."""
         [outcome] = await self._ingestor.ingest([Delivery(body, None, utc_now())])
@@ -201,6 +250,15 @@ class Api:
                 "content-type": info.mime,
             },
         )
+
+
+def patched_meta(meta: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with ``updates`` applied: a null value removes its key."""
+    patched = {**meta, **updates}
+    for key, value in updates.items():
+        if value is None:
+            del patched[key]
+    return patched
 
 
 def to_query(request: ListRequest, after: tuple[str, str] | None) -> Query:

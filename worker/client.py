@@ -25,7 +25,9 @@ from contracts.api import (
     BlobStored,
     CreateResult,
     DiffResult,
+    History,
     ListPage,
+    MetaPatched,
     RunSummary,
     VerifyReport,
 )
@@ -143,6 +145,19 @@ class RunsClient:
     async def verify(self, run_id: str) -> VerifyReport:
         """Every check, recomputed by the worker from the bytes on disk."""
         return VerifyReport.model_validate(await self.request("verify", {"run_id": run_id}))
+
+    async def patch_meta(
+        self, run_id: str, meta_updates: dict[str, Any], expected_revision: int | None = None
+    ) -> MetaPatched:
+        """Set meta keys (None removes one); with ``expected_revision``, a compare-and-swap."""
+        body: dict[str, Any] = {"run_id": run_id, "meta_updates": meta_updates}
+        if expected_revision is not None:
+            body["expected_revision"] = expected_revision
+        return MetaPatched.model_validate(await self.request("patch_meta", body))
+
+    async def history(self, run_id: str) -> History:
+        """Every revision of a run, oldest first."""
+        return History.model_validate(await self.request("history", {"run_id": run_id}))
 
     async def list_page(
         self, *, limit: int = 50, cursor: str | None = None, **filters: Any

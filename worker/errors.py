@@ -27,3 +27,12 @@ class RejectedError(WorkerError):
 
 class TransientError(WorkerError):
     """A failure that may pass; the message is handed back for a later delivery."""
+
+
+class RevisionConflictError(WorkerError):
+    """A compare-and-swap on ``revision`` lost: the run changed since the caller read it."""
+
+    def __init__(self, run_id: str, expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"run {run_id} is at revision {actual}, not {expected}")

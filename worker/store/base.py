@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from worker.core.verify import Check
 from worker.store.index import Query
+from worker.store.revisions import Decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,17 @@ class RunStore(Protocol):
 
     async def verify_run(self, run_id: str) -> list[Check] | None:
         """Integrity checks recomputed from the stored bytes; None when the run is absent."""
+
+    async def update_run(
+        self, run_id: str, decide: Decide, *, expected_revision: int | None = None
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Compare-and-swap one change; (artifact now, changed), or None when the run is absent.
+
+        Raises ``RevisionConflictError`` when ``expected_revision`` is stale.
+        """
+
+    async def history(self, run_id: str) -> list[dict[str, Any]] | None:
+        """Every revision of a run, oldest first; None when it is absent."""
 
     async def list_runs(self, query: Query) -> list[dict[str, Any]]:
         """Index summaries matching ``query``, newest first, up to ``query.limit + 1``."""

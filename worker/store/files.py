@@ -5,6 +5,7 @@ Layout::
     runs/<xx>/<run_id>.json     one artifact per run; <xx> = the two hex digits after "run_"
     blobs/<xx>/<sha256>         attachment bytes, named by their SHA-256
     blobs/<xx>/<sha256>.json    the blob's kind, mime, filename and size, written before it
+    history/<xx>/<run_id>.jsonl the changes after creation, one line a revision (``revisions``)
     index.sqlite                the ``list`` index, a projection of runs/ (see ``index``)
     tmp/<process>/              temp files and intents of one live process (see ``workspace``)
 
@@ -31,10 +32,12 @@ import aiofiles
 
 from contracts.canonical import sha256_file, sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
+from worker.core.timefmt import utc_now
 from worker.core.verify import Check, verify_artifact
 from worker.errors import TransientError
 from worker.store.base import BlobInfo, Created, NewRun
 from worker.store.index import Query, RunIndex
+from worker.store.revisions import Decide, Revisions
 from worker.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ class FileStore:
         self.workspace = Workspace(data_dir, use_syncfs=use_syncfs)
         # With syncfs the commit's last flush covers the index's WAL too; else SQLite fsyncs.
         self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=self.workspace.batched)
+        self.history_dir = data_dir / "history"
+        self.revisions = Revisions(self.history_dir, self.workspace, self.index)
 
     async def open(self, *, rebuild_lost_index: bool = True) -> None:
         """Create the layout, sweep leftovers, repair the index; before the first message."""
@@ -74,7 +79,8 @@ class FileStore:
 
     def _open(self, rebuild_lost_index: bool) -> None:
         fresh_index = not self.index.path.exists()
-        shards = [parent / s for parent in (self.runs_dir, self.blobs_dir) for s in _SHARDS]
+        parents = (self.runs_dir, self.blobs_dir, self.history_dir)
+        shards = [parent / s for parent in parents for s in _SHARDS]
         unfinished = self.workspace.open(shards)
         self.index.open()
         if fresh_index and rebuild_lost_index and any(self._run_paths()):
@@ -157,6 +163,26 @@ class FileStore:
             return sha256_file(path), path.stat().st_size
         except FileNotFoundError:
             return None
+
+    async def update_run(
+        self, run_id: str, decide: Decide, *, expected_revision: int | None = None
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Compare-and-swap a change of a run (see ``revisions``); None when it is absent."""
+        path, now = self.run_path(run_id), utc_now()
+        update = self.revisions.update
+        try:
+            return await asyncio.to_thread(
+                update, path, decide, expected=expected_revision, now=now
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise TransientError(f"update of {run_id} failed: {exc}") from exc
+
+    async def history(self, run_id: str) -> list[dict[str, Any]] | None:
+        """Every revision of a run, oldest first; None when it is absent."""
+        artifact = await self.get_run(run_id)
+        if artifact is None:
+            return None
+        return await asyncio.to_thread(self.revisions.history, artifact)
 
     async def create_runs(self, runs: Sequence[NewRun]) -> list[Created]:
         if not runs:

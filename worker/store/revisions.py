@@ -1,0 +1,174 @@
+"""Changes after creation: compare-and-swap on ``revision``, an append-only history.
+
+Only ``meta``, ``advisory_inputs`` and the ``explanation_*`` fields ever change (the caller's
+``change`` function decides what; the immutable core is checked here). One change is:
+
+    lock the run's shard (flock: safe across processes, not only across tasks)
+    read the current artifact; refuse a stale ``expected_revision``
+    append the history entry of the new revision, write the new artifact to a temp file,
+    write an intent; one flush
+    rename the temp file over the artifact (atomic), refresh the index; one flush
+    unlock
+
+A crash after the history line but before the rename leaves a line for a revision the
+artifact never reached: readers keep only entries up to the artifact's revision, the last one
+written for each, so a retried change overwrites it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from worker.core.ingest import content_sha256
+from worker.core.timefmt import utc_text
+from worker.errors import RevisionConflictError
+from worker.store.index import RunIndex
+from worker.store.workspace import Workspace
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a change function wants: the fields to set, and why (for the history)."""
+
+    updates: dict[str, Any]
+    change: str  # "explanation", "advisory" or "meta"
+    by: str  # the message or request that caused it
+
+
+Decide = Callable[[dict[str, Any]], Change | None]
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Revisions:
+    """Updates and history of the runs under one data dir."""
+
+    def __init__(self, history_dir: Path, workspace: Workspace, index: RunIndex) -> None:
+        self.history_dir = history_dir
+        self._workspace = workspace
+        self._index = index
+
+    def _history_path(self, run_id: str) -> Path:
+        return self.history_dir / run_id[4:6] / f"{run_id}.jsonl"
+
+    @contextmanager
+    def _locked(self, run_id: str) -> Iterator[None]:
+        fd = os.open(self.history_dir / run_id[4:6] / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def update(
+        self,
+        path: Path,
+        decide: Decide,
+        *,
+        expected: int | None,
+        now: datetime,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """Apply ``decide`` to the run at ``path``; (artifact now, changed) or None if absent.
+
+        Blocking: run it in a thread. Raises RevisionConflictError when ``expected`` is stale.
+        """
+        run_id = path.stem
+        with self._locked(run_id):
+            try:
+                current: dict[str, Any] = json.loads(path.read_bytes())
+            except FileNotFoundError:
+                return None
+            if expected is not None and current["revision"] != expected:
+                raise RevisionConflictError(run_id, expected, current["revision"])
+            wanted = decide(current)
+            if wanted is None:
+                return current, False
+            new = _revised(current, wanted, now)
+            self._write(path, new, _entry(new, wanted, current))
+            return new, True
+
+    def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
+        history = self._history_path(path.stem)
+        fd = os.open(history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, _encode(entry) + b"\n")
+        finally:
+            os.close(fd)
+        intent = self._workspace.write_intent([path.stem])
+        temp = self._workspace.write_temp(path.stem, _encode(new))
+        try:
+            self._workspace.flush(files=[history, intent, temp])
+            os.replace(temp, path)
+            self._index.upsert([new])
+            self._workspace.flush(dirs=[path.parent])
+        finally:
+            temp.unlink(missing_ok=True)
+        intent.unlink()
+
+    def history(self, artifact: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every revision, oldest first: creation, then each change that reached the artifact."""
+        entries: dict[int, dict[str, Any]] = {1: _created_entry(artifact)}
+        try:
+            lines = self._history_path(artifact["run_id"]).read_bytes().splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            entry = json.loads(line)
+            if 1 < entry["revision"] <= artifact["revision"]:
+                entries[entry["revision"]] = entry  # the last one written wins
+        return [entries[r] for r in sorted(entries)]
+
+
+def _revised(current: dict[str, Any], wanted: Change, now: datetime) -> dict[str, Any]:
+    new = {**current, **wanted.updates}
+    for key, value in wanted.updates.items():
+        if value is None:
+            del new[key]
+    new["revision"] = current["revision"] + 1
+    new["updated_at_utc"] = utc_text(now)
+    if content_sha256(new) != current["content_sha256"]:
+        raise ValueError(f"a {wanted.change} change may not touch the immutable core")
+    return new
+
+
+def changed_paths(before: dict[str, Any], after: dict[str, Any], keys: Iterable[str]) -> list[str]:
+    """The paths that differ among ``keys``; inside ``meta``, one path per meta key."""
+    paths = []
+    for key in keys:
+        old, new = before.get(key), after.get(key)
+        if key == "meta" and isinstance(old, dict) and isinstance(new, dict):
+            paths += [f"meta.{k}" for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
+        elif old != new:
+            paths.append(key)
+    return sorted(paths)
+
+
+def _entry(new: dict[str, Any], wanted: Change, current: dict[str, Any]) -> dict[str, Any]:
+    changed = changed_paths(current, new, wanted.updates)
+    return {
+        "revision": new["revision"],
+        "at": new["updated_at_utc"],
+        "change": wanted.change,
+        "by": wanted.by,
+        "changed": changed,
+    }
+
+
+def _created_entry(artifact: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "revision": 1,
+        "at": artifact["recorded_at_utc"],
+        "change": "created",
+        "by": f"event {artifact['source']}:{artifact['event_id']}",
+        "changed": [],
+    }
