@@ -56,8 +56,9 @@ class WorkerProcess:
         self.data_dir = data_dir
         self.env = dict(env or {})
         self.module = module
-        self.log_path = data_dir.parent / f"{data_dir.name}-worker.log"
+        self.log_path = data_dir.parent / f"{data_dir.name}-worker-{id(self):x}.log"
         self.proc: asyncio.subprocess.Process | None = None
+        self._ready_before = 0
 
     async def start(
         self, client: RunsClient | None = None, timeout: float = 30.0, *args: str
@@ -65,6 +66,7 @@ class WorkerProcess:
         """Start it (``nats_url=None``: with its embedded server); ``args`` go to the CLI."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env.pop("RMOS_NATS_URL", None)
+        self._ready_before = self.ready_lines()
         url = ["--nats-url", self.nats_url] if self.nats_url else []
         log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
@@ -77,7 +79,8 @@ class WorkerProcess:
             await self.wait_ready(client, timeout)
 
     async def wait_ready(self, client: RunsClient, timeout: float = 30.0) -> None:
-        """Ready = answers api.get (CONTRACT section 0); fails fast if the process died."""
+        """Ready = answers api.get (CONTRACT section 0) and this process says so in its log
+        (another worker of the same queue group may be the one answering)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
@@ -87,10 +90,17 @@ class WorkerProcess:
             try:
                 await client.request("get", {"run_id": PROBE_RUN})
             except RunsApiError:
-                return
+                if self.ready_lines() > self._ready_before:
+                    return
             except Exception:
-                await asyncio.sleep(0.1)
+                pass
+            await asyncio.sleep(0.05)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def ready_lines(self) -> int:
+        if not self.log_path.exists():
+            return 0
+        return self.log_path.read_text(errors="replace").count("rmos-runs worker ready")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

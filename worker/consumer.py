@@ -10,8 +10,9 @@ This is the one place where outcomes become JetStream acknowledgements:
 The pull loop is our own rather than FastStream's batch ``PullSub``: that one waits until a batch
 is full or its timeout passes, so a lone event either waits the whole timeout or the consumer polls
 the server at 1/timeout when idle. Here a fetch of 1 blocks until an event exists, and the rest of
-the batch is topped up with what is already waiting (``batch_linger_s``), so an idle worker costs
-nothing and a lone event is durable within a few milliseconds.
+the batch is topped up with what arrives within ``batch_linger_s``, so an idle worker costs
+nothing and a lone event is durable within a few milliseconds. Batches are pipelined: the next
+one is checked and built while the previous one commits.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from contracts.codes import DeadLetterCode
 from contracts.subjects import EVENTS_CONSUMER
 from worker.core.dead_letter import dead_letter, dead_letter_msg_id
 from worker.core.timefmt import utc_now
-from worker.errors import RejectedError, TransientError
-from worker.ingest import Delivery, Ingestor, Stored
+from worker.errors import RejectedError
+from worker.ingest import Delivery, Ingestor, Prepared, Stored
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -117,25 +118,37 @@ class EventConsumer:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
+        """Fetch, prepare and commit in a pipeline: batch N+1 is checked and built while batch
+        N commits (its file and index work runs in a thread, mostly in the kernel). Commits stay
+        in stream order, one at a time."""
         sub = await self._js.pull_subscribe_bind(
             durable=EVENTS_CONSUMER, stream=self._settings.subjects.events_stream
         )
+        committing: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
                 msgs = await self._next_batch(sub)
                 if msgs and self._stopping.is_set():  # hand back at once, for another worker
                     await _together(m.nak() for m in msgs)
                 elif msgs:
-                    await self.handle(msgs)
+                    prepared = await self._prepare(msgs, committing)
+                    if committing is not None:
+                        await committing
+                    committing = None
+                    if prepared is not None:
+                        committing = asyncio.create_task(self._commit(msgs, prepared))
         finally:
+            if committing is not None:
+                await committing
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
     def stop(self) -> None:
-        """Stop fetching; the batch in hand is finished first."""
+        """Stop fetching; the batches in hand are finished first."""
         self._stopping.set()
 
     async def _next_batch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        """Block until one event is there, then take what follows within the linger."""
         try:
             msgs = await sub.fetch(1, timeout=IDLE_FETCH_S)
         except TimeoutError:  # nats-py raises both its own and asyncio's
@@ -144,23 +157,36 @@ class EventConsumer:
             log.warning("fetch failed (%s); retrying", exc)
             await asyncio.sleep(0.5)
             return []
-        want = self._settings.batch_size - len(msgs)
-        if want > 0:
-            with contextlib.suppress(TimeoutError, nats.errors.Error):  # nothing more waiting
-                msgs += await sub.fetch(want, timeout=max(self._settings.batch_linger_s, 0.001))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.batch_linger_s
+        while len(msgs) < self._settings.batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                msgs += await sub.fetch(self._settings.batch_size - len(msgs), timeout=remaining)
+            except (TimeoutError, nats.errors.Error):  # nothing more came in time
+                break
         return msgs
 
-    async def handle(self, msgs: Sequence[Msg]) -> None:
-        """Ingest and settle one batch. Never raises: every message leaves settled or nak'ed."""
-        deliveries = [
-            Delivery(m.data, m.subject.rpartition(".")[2], m.metadata.timestamp) for m in msgs
-        ]
+    async def _prepare(
+        self, msgs: Sequence[Msg], committing: asyncio.Task[None] | None
+    ) -> Prepared | None:
+        """The prepared batch; None when it failed and was handled the careful way instead."""
         try:
-            outcomes = await self._ingestor.ingest(deliveries)
-        except TransientError as exc:
-            log.warning("batch of %d not stored: %s", len(msgs), exc)
-            await _together(self._retry(m, exc) for m in msgs)
-            return
+            return await self._ingestor.prepare(_deliveries(msgs))
+        except Exception:
+            log.exception("batch of %d failed; retrying it one by one", len(msgs))
+        if committing is not None:
+            await committing
+        for m in msgs:
+            await self.handle([m])
+        return None
+
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        """Ingest and settle one batch, unpipelined. Never raises: every message is settled."""
+        try:
+            prepared = await self._ingestor.prepare(_deliveries(msgs))
         except Exception as exc:
             if len(msgs) > 1:  # isolate the message that breaks the batch
                 log.exception("batch of %d failed; retrying one by one", len(msgs))
@@ -169,6 +195,15 @@ class EventConsumer:
                 return
             log.exception("event at stream seq %s failed", msgs[0].metadata.sequence.stream)
             await _together([self._retry(msgs[0], exc)])
+            return
+        await self._commit(msgs, prepared)
+
+    async def _commit(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
+        try:
+            outcomes = await self._ingestor.commit(prepared)
+        except Exception as exc:  # TransientError, or anything the store did not expect
+            log.warning("batch of %d not stored: %s", len(msgs), exc)
+            await _together(self._retry(m, exc) for m in msgs)
             return
         await _together(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True))
 
@@ -198,6 +233,10 @@ class EventConsumer:
             await msg.term()
             return
         await msg.nak(delay=nak_delay(delivered, self._settings))
+
+
+def _deliveries(msgs: Sequence[Msg]) -> list[Delivery]:
+    return [Delivery(m.data, m.subject.rpartition(".")[2], m.metadata.timestamp) for m in msgs]
 
 
 async def _together(settlements: Iterable[Awaitable[None]]) -> None:

@@ -40,6 +40,16 @@ class Stored:
 Outcome = Stored | RejectedError
 
 
+@dataclass(eq=False, slots=True)
+class Prepared:
+    """A checked and built batch, not yet stored."""
+
+    outcomes: list[Outcome | None]  # set for the rejected deliveries
+    checked: dict[int, CheckedEvent]  # delivery index → a valid event
+    firsts: dict[str, int]  # run id → the delivery whose artifact is proposed
+    artifacts: dict[str, dict[str, Any]]  # run id → the proposed artifact
+
+
 class Ingestor:
     """Turns deliveries into durable artifacts or rejections, a batch at a time."""
 
@@ -49,9 +59,16 @@ class Ingestor:
         self._store = store
         self._max_event_bytes = max_event_bytes
         self._clock = clock
+        self._uncommitted: list[Prepared] = []
 
     async def ingest(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """One outcome per delivery, in order. Raises ``TransientError`` when nothing is durable."""
+        return await self.commit(await self.prepare(deliveries))
+
+    async def prepare(self, deliveries: Sequence[Delivery]) -> Prepared:
+        """Check and build a batch (CPU; no write). Its artifacts serve as parents to later
+        batches until :meth:`commit` has stored them, so the next batch can be prepared while
+        this one commits."""
         outcomes: list[Outcome | None] = [None] * len(deliveries)
         checked: dict[int, CheckedEvent] = {}
         for i, delivery in enumerate(deliveries):
@@ -69,15 +86,31 @@ class Ingestor:
         for i, event in checked.items():
             firsts.setdefault(event.run_id, i)
         artifacts = await self._build(deliveries, checked, firsts)
-        results = await self._store.create_runs(
-            [NewRun(run_id, artifacts[run_id]) for run_id in firsts]
-        )
+        prepared = Prepared(outcomes, checked, firsts, artifacts)
+        self._uncommitted.append(prepared)
+        return prepared
+
+    async def commit(self, prepared: Prepared) -> list[Outcome]:
+        """Store a prepared batch in one group commit and resolve every outcome."""
+        firsts, outcomes = prepared.firsts, prepared.outcomes
+        try:
+            results = await self._store.create_runs(
+                [NewRun(run_id, prepared.artifacts[run_id]) for run_id in firsts]
+            )
+        finally:
+            self._uncommitted.remove(prepared)
         holders = dict(zip(firsts, results, strict=True))
-        for i, event in checked.items():
+        for i, event in prepared.checked.items():
             holder = holders[event.run_id]
             fresh = holder.created and firsts[event.run_id] == i
             outcomes[i] = _resolve(event, holder.stored, fresh)
         return [_known(o) for o in outcomes]
+
+    async def _parent(self, run_id: str, batch: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        for artifacts in (batch, *(p.artifacts for p in reversed(self._uncommitted))):
+            if run_id in artifacts:
+                return artifacts[run_id]
+        return await self._store.get_run(run_id)
 
     async def _check_attachments(
         self, checked: dict[int, CheckedEvent], outcomes: list[Outcome | None]
@@ -103,16 +136,14 @@ class Ingestor:
         checked: dict[int, CheckedEvent],
         firsts: dict[str, int],
     ) -> dict[str, dict[str, Any]]:
-        """The artifact of each run id's first event; parents from this batch or the store."""
+        """The artifact of each run id's first event; parents from batches or the store."""
         now = self._clock()
         artifacts: dict[str, dict[str, Any]] = {}
         for run_id, i in firsts.items():
             event = checked[i]
             parent = None
             if event.parent_run_id is not None:
-                parent = artifacts.get(event.parent_run_id) or await self._store.get_run(
-                    event.parent_run_id
-                )
+                parent = await self._parent(event.parent_run_id, artifacts)
             artifacts[run_id] = build_artifact(
                 event, parent=parent, stored_at=deliveries[i].stored_at, now=now
             )
