@@ -9,8 +9,8 @@ This is the one place where outcomes become JetStream acknowledgements:
 
 The pull loop is our own rather than FastStream's batch ``PullSub``: that one waits until a batch
 is full or its timeout passes, so a lone event either waits the whole timeout or the consumer polls
-the server at 1/timeout when idle. Here a fetch of 1 blocks until an event exists, and the rest of
-the batch is topped up with what arrives within ``batch_linger_s``, so an idle worker costs
+the server at 1/timeout when idle. Here a fetch of 1 blocks until an event exists, and the batch
+is topped up while events keep arriving (``batch_linger_s`` apart), so an idle worker costs
 nothing and a lone event is durable within a few milliseconds. Batches are pipelined: the next
 one is checked and built while the previous one commits.
 """
@@ -148,7 +148,8 @@ class EventConsumer:
         self._stopping.set()
 
     async def _next_batch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        """Block until one event is there, then take what follows within the linger."""
+        """Block until one event is there, then take more while they keep coming: the batch
+        ends when it is full or no event arrives within ``batch_linger_s``."""
         try:
             msgs = await sub.fetch(1, timeout=IDLE_FETCH_S)
         except TimeoutError:  # nats-py raises both its own and asyncio's
@@ -157,15 +158,11 @@ class EventConsumer:
             log.warning("fetch failed (%s); retrying", exc)
             await asyncio.sleep(0.5)
             return []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.batch_linger_s
-        while len(msgs) < self._settings.batch_size:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+        linger = max(self._settings.batch_linger_s, 0.001)
+        while len(msgs) < self._settings.batch_size:  # each round adds one or more, or ends
             try:
-                msgs += await sub.fetch(self._settings.batch_size - len(msgs), timeout=remaining)
-            except (TimeoutError, nats.errors.Error):  # nothing more came in time
+                msgs += await sub.fetch(self._settings.batch_size - len(msgs), timeout=linger)
+            except (TimeoutError, nats.errors.Error):  # a pause in the stream: go with these
                 break
         return msgs
 

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         default=256, ge=1, le=1000, description="most events made durable by one group commit"
     )
     batch_linger_s: float = Field(
-        default=0.002, ge=0, description="how long a batch waits for company after its first event"
+        default=0.002, ge=0, description="a batch ends when no event comes for this long (or full)"
     )
     ack_wait_s: float = Field(
         default=30.0, gt=0, description="unacked events come back after this (consumer ack_wait)"

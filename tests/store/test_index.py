@@ -65,6 +65,10 @@ class TestQuery:
         runs = [artifact(i, tool_id=f"{'saw' if i < 5 else 'mill'}-{i}") for i in range(10)]
         await store.create_runs([NewRun(a["run_id"], a) for a in runs])
         assert len(await ids(store, Query(tool_id_prefix="saw", limit=100))) == 5
+        assert len(await ids(store, Query(tool_id_prefix="sa", limit=100))) == 5
+        assert len(await ids(store, Query(tool_id_prefix="saw-4", limit=100))) == 1
+        assert await ids(store, Query(tool_id_prefix="sax", limit=100)) == []
+        assert await ids(store, Query(tool_id_prefix="\U0010ffff", limit=100)) == []
         ranged = Query(
             created_from="2026-11-24T10:00:03.000000+00:00",
             created_to="2026-11-24T10:00:05.000000+00:00",
