@@ -27,6 +27,7 @@ from worker.store.files import FileStore
 log = logging.getLogger(__name__)
 API_QUEUE = "rmos-worker-api"
 STOP_TIMEOUT_S = 30.0
+API_WORKERS = 16
 
 
 class _Broker(NatsBroker):
@@ -77,7 +78,8 @@ class Worker:
         subjects = self.settings.subjects
         prefix = subjects.api + "."
 
-        @self.broker.subscriber(f"{subjects.api}.>", queue=API_QUEUE)
+        # Requests are answered concurrently: a slow list or verify never holds up a create.
+        @self.broker.subscriber(f"{subjects.api}.>", queue=API_QUEUE, max_workers=API_WORKERS)
         async def api_request(msg: NatsMessage) -> NatsResponse:
             op = msg.raw_message.subject.removeprefix(prefix)
             reply = await self.api.handle(op, msg.body, msg.headers)
