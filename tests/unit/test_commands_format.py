@@ -13,20 +13,10 @@ import pytest
 
 from contracts.models import DeadLetter
 from contracts.subjects import Subjects
-from worker.commands import (
-    DLQ_COLUMNS,
-    CommandError,
-    attachment_meta,
-    cell,
-    dead_letter_row,
-    flatten,
-    json_line,
-    key_values,
-    replay_plan,
-    shorten,
-    table,
-)
+from worker.commands import attachment_meta
 from worker.core.dead_letter import dead_letter
+from worker.dlq import DLQ_COLUMNS, dead_letter_row, replay_plan
+from worker.output import CommandError, cell, flatten, json_line, key_values, shorten, table
 
 SUBJECTS = Subjects()
 

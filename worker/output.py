@@ -1,0 +1,75 @@
+"""What the operator commands print, and how they fail: tables, ``key: value`` blocks, JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+CELL_WIDTH = 64  # values wider than this are shortened in tables (a SHA-256 still fits)
+ELLIPSIS = "…"
+
+
+class CommandError(Exception):
+    """A command refused or failed for a reason the operator can read (exit 2, no traceback)."""
+
+
+def emit(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+
+
+def note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def json_line(obj: Any) -> str:
+    """One compact JSON object per line (``--json``)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def cell(value: Any) -> str:
+    """A table cell or block value: ``-`` for null, strings as they are, the rest as JSON."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def shorten(text: str, width: int = CELL_WIDTH) -> str:
+    """One line (runs of whitespace become one space), cut to ``width`` with an ellipsis."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: max(width - 1, 0)] + ELLIPSIS
+
+
+def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """An aligned text table: upper-case header, two spaces between columns, no trailing blanks."""
+    lines = [[column.upper() for column in columns]]
+    lines += [[shorten(cell(row.get(column))) for column in columns] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Leaves of nested objects and lists as ``(dotted.path, value)``, as ``diff`` names paths."""
+    if isinstance(value, dict) and value:
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list) and value:
+        items = enumerate(value)
+    else:
+        return [(prefix, value)]
+    pairs: list[tuple[str, Any]] = []
+    for key, child in items:
+        pairs += flatten(child, f"{prefix}.{key}" if prefix else str(key))
+    return pairs
+
+
+def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    """A ``key: value`` block with the values aligned."""
+    pairs = list(pairs)
+    width = max((len(key) for key, _ in pairs), default=0) + 1
+    return "\n".join(f"{key + ':':<{width}} {cell(value)}".rstrip() for key, value in pairs)
