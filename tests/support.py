@@ -190,3 +190,17 @@ def indexed_runs(data_dir: Path) -> set[str]:
     """The run ids in the ``list`` index (read directly, as a projection check)."""
     with sqlite3.connect(data_dir / "index.sqlite") as db:
         return {row[0] for row in db.execute("SELECT run_id FROM runs")}
+
+
+async def attached_blob(
+    client: RunsClient, data: bytes, filename: str = "a.nc", kind: str = "gcode"
+) -> dict[str, Any]:
+    """Put a blob and return the ``attachments`` entry an event names it with."""
+    put = await client.put_attachment(data, kind=kind, mime="text/plain", filename=filename)
+    return {
+        "sha256": put.sha256,
+        "kind": kind,
+        "mime": "text/plain",
+        "filename": filename,
+        "size_bytes": put.size_bytes,
+    }

@@ -54,6 +54,7 @@ def _operator_commands(commands: Subparsers[argparse.ArgumentParser]) -> None:
     diff.add_argument("a", metavar="RUN_A")
     diff.add_argument("b", metavar="RUN_B")
     _client(commands, "verify", "recompute a run's hashes (exit 1: invalid)").add_argument("run_id")
+    _client(commands, "history", "every revision of a run, oldest first").add_argument("run_id")
     attach = _client(commands, "attach", "store a file as an attachment blob")
     attach.add_argument("file", type=Path)
     attach.add_argument("--kind", required=True, help="attachment kind, e.g. gcode")

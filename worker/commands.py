@@ -121,6 +121,16 @@ async def verify(client: RunsClient, args: argparse.Namespace, out: TextIO) -> i
     return 0 if reply["valid"] else EXIT_INVALID
 
 
+async def history(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
+    revisions = [r.model_dump() for r in (await client.history(args.run_id)).revisions]
+    if args.json:
+        for revision in revisions:
+            emit(out, json_line(revision))
+    else:
+        emit(out, table(revisions, ("revision", "at", "change", "by", "changed")))
+    return 0
+
+
 def attachment_meta(path: Path, mime: str | None, filename: str | None) -> tuple[str, str]:
     """The mime type (guessed from the file name when not given) and the file name to store."""
     guessed = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -152,6 +162,7 @@ HANDLERS: dict[str, Handler] = {
     "list": list_runs,
     "diff": diff,
     "verify": verify,
+    "history": history,
     "attach": attach,
     "dlq list": dlq_list,
     "dlq replay": dlq_replay,

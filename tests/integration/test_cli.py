@@ -206,6 +206,22 @@ class TestDiffVerify:
         assert report["valid"] is False
         assert "content_sha256" in {c["name"] for c in report["checks"] if not c["ok"]}
 
+    async def test_history(
+        self, worker: WorkerProcess, client: RunsClient, nats_server: NatsServer
+    ) -> None:
+        """``history`` shows every revision, as a table or one JSON line each."""
+        run_id = await publish(client, "h1")
+        await client.patch_meta(run_id, {"ticket": "RMOS-7"})
+        shown = await cli("history", run_id, url=nats_server.url)
+        assert shown.code == 0, shown.err
+        assert shown.out.splitlines()[0].split() == ["REVISION", "AT", "CHANGE", "BY", "CHANGED"]
+        as_json = await cli("history", run_id, "--json", url=nats_server.url)
+        assert [(r["revision"], r["change"]) for r in as_json.json_lines()] == [
+            (1, "created"),
+            (2, "meta"),
+        ]
+        assert as_json.json_lines()[1]["changed"] == ["meta.ticket"]
+
 
 class TestAttach:
     """``attach FILE --kind K``: stores the blob, prints its attachment entry."""

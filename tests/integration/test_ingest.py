@@ -16,6 +16,7 @@ from contracts.canonical import derive_run_id, sha256_json
 from contracts.models import RunArtifact
 from tests.support import (
     WorkerProcess,
+    attached_blob,
     dead_letters,
     event,
     eventually,
@@ -304,14 +305,7 @@ class TestAttachments:
     async def test_event_with_attachments(self, worker: WorkerProcess, client: RunsClient) -> None:
         """An event naming a stored blob is accepted; a wrong size is UNKNOWN_ATTACHMENT."""
         blob = b"G21\nG90\nG1 X10 Y10\n"
-        put = await client.put_attachment(blob, kind="gcode", mime="text/plain", filename="p.nc")
-        ref = {
-            "sha256": put.sha256,
-            "kind": "gcode",
-            "mime": "text/plain",
-            "filename": "p.nc",
-            "size_bytes": len(blob),
-        }
+        ref = await attached_blob(client, blob, "p.nc")
         await client.publish_event(event("with-att", attachments=[ref]))
         run = await stored(client, derive_run_id("engine-a", "with-att"))
         assert run["attachments"] == [ref]

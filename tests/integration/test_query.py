@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from contracts.canonical import derive_run_id
-from tests.support import WorkerProcess, event, stored
+from tests.support import WorkerProcess, attached_blob, event, stored
 from worker.client import RunsApiError, RunsClient
 
 pytestmark = pytest.mark.integration
@@ -58,16 +58,8 @@ class TestVerify:
     """Every hash is recomputed from the bytes on disk; one changed byte is caught."""
 
     async def attached(self, client: RunsClient) -> tuple[dict[str, object], str]:
-        blob = b"G21 G90 G1 X1"
-        put = await client.put_attachment(blob, kind="gcode", mime="text/plain", filename="a.nc")
-        ref = {
-            "sha256": put.sha256,
-            "kind": "gcode",
-            "mime": "text/plain",
-            "filename": "a.nc",
-            "size_bytes": len(blob),
-        }
-        return await publish(client, "att", attachments=[ref]), put.sha256
+        ref = await attached_blob(client, b"G21 G90 G1 X1")
+        return await publish(client, "att", attachments=[ref]), ref["sha256"]
 
     async def test_valid(self, worker: WorkerProcess, client: RunsClient) -> None:
         """An untouched run passes every check, attachments included."""
