@@ -7,12 +7,14 @@ async with await RunsClient.connect("nats://127.0.0.1:4222") as runs:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
@@ -64,7 +66,15 @@ class RunsClient:
     async def connect(
         cls, url: str, subjects: Subjects | None = None, timeout: float = 5.0
     ) -> RunsClient:
-        return cls(await nats.connect(url, max_reconnect_attempts=-1), subjects, timeout)
+        """Connect, reconnecting for ever once connected; ConnectionError if the first connect
+        does not succeed within ``2 × timeout`` (nats-py alone would retry for ever)."""
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(url, max_reconnect_attempts=-1, connect_timeout=timeout), 2 * timeout
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from exc
+        return cls(nc, subjects, timeout)
 
     async def close(self) -> None:
         await self.nc.close()
