@@ -172,12 +172,11 @@ class EventConsumer:
         """The prepared batch; None when it failed and was handled the careful way instead."""
         try:
             return await self._ingestor.prepare(_deliveries(msgs))
-        except Exception:
-            log.exception("batch of %d failed; retrying it one by one", len(msgs))
-        if committing is not None:
+        except Exception as exc:
+            failure = exc
+        if committing is not None:  # keep commits in stream order
             await committing
-        for m in msgs:
-            await self.handle([m])
+        await self._isolate(msgs, failure)
         return None
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
@@ -185,15 +184,20 @@ class EventConsumer:
         try:
             prepared = await self._ingestor.prepare(_deliveries(msgs))
         except Exception as exc:
-            if len(msgs) > 1:  # isolate the message that breaks the batch
-                log.exception("batch of %d failed; retrying one by one", len(msgs))
-                for m in msgs:
-                    await self.handle([m])
-                return
-            log.exception("event at stream seq %s failed", msgs[0].metadata.sequence.stream)
-            await _together([self._retry(msgs[0], exc)])
+            await self._isolate(msgs, exc)
             return
         await self._commit(msgs, prepared)
+
+    async def _isolate(self, msgs: Sequence[Msg], exc: Exception) -> None:
+        """A batch that could not be prepared: one by one, so one bad event cannot sink the
+        rest; a single event is retried (then dead-lettered MAX_DELIVERIES)."""
+        if len(msgs) > 1:
+            log.error("batch of %d failed; retrying one by one", len(msgs), exc_info=exc)
+            for m in msgs:
+                await self.handle([m])
+            return
+        log.error("event at stream seq %s failed", msgs[0].metadata.sequence.stream, exc_info=exc)
+        await _together([self._retry(msgs[0], exc)])
 
     async def _commit(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
         try:

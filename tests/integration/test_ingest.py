@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -26,6 +27,7 @@ from tests.support import (
 )
 from worker.client import RunsApiError, RunsClient
 from worker.core.ingest import content_sha256
+from worker.jetstream import ensure_streams
 from worker.nats_server import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -181,6 +183,30 @@ class TestRedelivery:
         assert letter["code"] == "MAX_DELIVERIES"
         assert letter["deliveries"] == 3
         assert "Not a directory" in letter["detail"] or "NotADirectory" in letter["detail"]
+        assert await proc.terminate() == 0
+
+    async def test_one_bad_event_does_not_sink_its_batch(
+        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """An event whose parent file is corrupt fails alone; its batch neighbours are stored."""
+        data = tmp_path / "data"
+        env = {"RMOS_MAX_DELIVER": "2", "RMOS_NAK_BASE_DELAY_S": "0.1"}
+        proc = WorkerProcess(nats_server.url, data, env=env)
+        await proc.start(client)
+        parent = await stored(client, (await client.create(event("parent"))).run_id)
+        shard = data / "runs" / parent["run_id"][4:6]
+        (shard / f"{parent['run_id']}.json").write_bytes(b"{torn")
+        await ensure_streams(client.js, client.subjects)
+        bodies = [event(f"n-{i}") for i in range(20)]
+        bodies.insert(10, event("child", parent_run_id=parent["run_id"]))
+        await asyncio.gather(*(client.publish_event(b) for b in bodies))
+        await wait_settled(client.js)
+        for body in bodies:
+            if body["event_id"] != "child":
+                await stored(client, derive_run_id("engine-a", body["event_id"]))
+        [(letter, _)] = await dead_letters(client.js)
+        assert letter["code"] == "MAX_DELIVERIES"
+        assert "child" in base64.b64decode(letter["payload_b64"]).decode()
         assert await proc.terminate() == 0
 
 
