@@ -67,6 +67,11 @@ class PatchMetaRequest(_Request):
     expected_revision: Annotated[int, Field(ge=1)] | None = None
 
 
+class ExplainRequest(_Request):
+    run_id: RunId
+    force: bool = False
+
+
 class DiffRequest(_Request):
     a: RunId
     b: RunId
@@ -158,6 +163,12 @@ class MetaPatched(_Reply):
     run_id: str
     meta: dict[str, Any]
     revision: int
+
+
+class ExplainResult(_Reply):
+    run_id: str
+    request_id: str | None
+    explanation_status: str
 
 
 class Revision(_Reply):

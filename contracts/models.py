@@ -202,3 +202,16 @@ class DeadLetter(_Strict):
     stream_seq: int | None
     deliveries: int | None
     dead_lettered_at: Timestamp
+
+
+class ExplanationPatch(_Strict):
+    """An explainer's answer, on ``rmos.runs.v1.explain.patch.<run_id>`` (CONTRACT section 4)."""
+
+    schema_: Literal["rmos.explanation_patch.v1"] = Field(alias="schema")
+    run_id: RunId
+    request_id: Label
+    explainer_id: Label
+    status: Literal["READY", "ERROR"]
+    summary: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
+    error: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
+    advisory: AdvisoryRef | None = None

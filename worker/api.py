@@ -23,6 +23,7 @@ from contracts.api import (
     BlobHeaders,
     BlobRequest,
     DiffRequest,
+    ExplainRequest,
     GetRequest,
     ListRequest,
     PatchMetaRequest,
@@ -37,6 +38,7 @@ from worker.core.diff import diff_runs
 from worker.core.ingest import describe_errors
 from worker.core.timefmt import utc_now, utc_text
 from worker.errors import RejectedError, RevisionConflictError, TransientError
+from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Stored
 from worker.store.base import RunStore
 from worker.store.index import Query
@@ -85,9 +87,17 @@ Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
 class Api:
     """Dispatches ``api.<op>`` requests to the store and the ingest path."""
 
-    def __init__(self, store: RunStore, ingestor: Ingestor, *, max_blob_bytes: int) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        ingestor: Ingestor,
+        explanations: Explanations,
+        *,
+        max_blob_bytes: int,
+    ) -> None:
         self._store = store
         self._ingestor = ingestor
+        self._explanations = explanations
         self._max_blob_bytes = max_blob_bytes
         self._ops: dict[str, Handler] = {
             "get": self.get,
@@ -96,6 +106,7 @@ class Api:
             "diff": self.diff,
             "verify": self.verify,
             "patch_meta": self.patch_meta,
+            "explain": self.explain,
             "history": self.history,
             "attachments.put": self.put_attachment,
             "attachments.get": self.get_attachment,
@@ -196,6 +207,23 @@ class Api:
         run, _ = result
         return Reply(ok_reply(run_id=request.run_id, meta=run["meta"], revision=run["revision"]))
 
+    async def explain(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Request an explanation (NONE), or a new one with ``force``; else the current state."""
+        request = parse_request(ExplainRequest, body)
+        result = await self._explanations.transition(
+            request.run_id, self._explanations.request(request.force), by="api.explain"
+        )
+        if result is None:
+            raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
+        run, _ = result
+        return Reply(
+            ok_reply(
+                run_id=request.run_id,
+                request_id=run.get("explanation_request_id"),
+                explanation_status=run["explanation_status"],
+            )
+        )
+
     async def history(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Every revision of a run, oldest first."""
         request = parse_request(GetRequest, body)
@@ -210,6 +238,7 @@ class Api:
         if isinstance(outcome, RejectedError):
             raise BadRequestError(outcome.code, outcome.detail)
         assert isinstance(outcome, Stored)
+        await self._explanations.announce_created(outcome.run)
         return Reply(
             ok_reply(run_id=outcome.run_id, revision=outcome.revision, duplicate=outcome.duplicate)
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -19,8 +20,10 @@ from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 
 from worker.api import Api
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
+from worker.explain import Explanations
 from worker.ingest import Ingestor
 from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
+from worker.patches import PatchConsumer, patches_consumer_config
 from worker.settings import Settings
 from worker.store.files import FileStore
 
@@ -67,9 +70,13 @@ class Worker:
         self.store = FileStore(settings.data_dir)
         self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
         self.dead_letters = DeadLetters(self.broker, settings)
-        self.api = Api(self.store, self.ingestor, max_blob_bytes=settings.max_blob_bytes)
-        self._consumer: EventConsumer | None = None
-        self._consumer_task: asyncio.Task[None] | None = None
+        self.explanations = Explanations(self.store, self.broker, settings)
+        self.api = Api(
+            self.store, self.ingestor, self.explanations, max_blob_bytes=settings.max_blob_bytes
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stops: list[Callable[[], None]] = []
+        self._sweeps_stop = asyncio.Event()
         self._stopping = False
         self.failed = False
         self._register_subscribers()
@@ -104,35 +111,45 @@ class Worker:
         await self.store.open()
         await self.broker.connect()
         js = self.broker.config.connection_state.stream
-        await ensure_streams(js, self.settings.subjects)
-        await ensure_consumer(
-            js, self.settings.subjects.events_stream, events_consumer_config(self.settings)
-        )
+        subjects = self.settings.subjects
+        await ensure_streams(js, subjects)
+        await ensure_consumer(js, subjects.events_stream, events_consumer_config(self.settings))
+        await ensure_consumer(js, subjects.explain_stream, patches_consumer_config(self.settings))
 
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream
-        self._consumer = EventConsumer(js, self.ingestor, self.dead_letters, self.settings)
-        self._consumer_task = asyncio.create_task(self._consumer.run(), name="events-consumer")
-        self._consumer_task.add_done_callback(self._on_consumer_done)
+        events = EventConsumer(
+            js, self.ingestor, self.dead_letters, self.explanations, self.settings
+        )
+        patches = PatchConsumer(js, self.explanations, self.dead_letters, self.settings)
+        self._stops = [events.stop, patches.stop, self._sweeps_stop.set]
+        for name, job in (
+            ("events-consumer", events.run()),
+            ("patches-consumer", patches.run()),
+            ("explanation-sweeps", self.explanations.run_sweeps(self._sweeps_stop)),
+        ):
+            task = asyncio.create_task(job, name=name)
+            task.add_done_callback(self._on_task_done)
+            self._tasks.append(task)
         log.info("rmos-runs worker ready: data dir %s", self.settings.data_dir)
 
-    def _on_consumer_done(self, task: asyncio.Task[None]) -> None:
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("events consumer died; stopping", exc_info=task.exception())
+            log.error("%s died; stopping", task.get_name(), exc_info=task.exception())
             self.failed = True
             self.app.exit()
 
     async def _on_shutdown(self) -> None:
+        """Stop fetching; finish the batches in hand (what is not finished is redelivered)."""
         self._stopping = True
-        if self._consumer is None or self._consumer_task is None:
-            return
-        self._consumer.stop()
-        if self._consumer_task.done():
-            return
-        try:
-            await asyncio.wait_for(self._consumer_task, self.settings.graceful_timeout_s)
-        except TimeoutError:
-            log.warning("events consumer did not finish in time; its messages will be redelivered")
+        for stop in self._stops:
+            stop()
+        running = [task for task in self._tasks if not task.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.settings.graceful_timeout_s)
+            for task in late:
+                log.warning("%s did not finish in time; its messages will come back", task)
+                task.cancel()
 
     async def _after_shutdown(self) -> None:
         self.store.close()

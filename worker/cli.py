@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--demo", action="store_true", help="publish the demo events once the worker is ready"
     )
+    worker.add_argument(
+        "--explainer", action="store_true", help="run the reference explainer in this process"
+    )
+
+    explainer = commands.add_parser("explainer", help="run the reference explainer service")
+    _common(explainer)
 
     reindex = commands.add_parser("reindex", help="rebuild the list index from the artifacts")
     reindex.add_argument("--data-dir", type=Path, help="data directory (env RMOS_DATA_DIR)")
@@ -108,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker import runner  # imported late: --help stays fast
 
     if args.command == "worker":
-        return asyncio.run(runner.run_worker(settings, demo=args.demo))
+        return asyncio.run(runner.run_worker(settings, demo=args.demo, explainer=args.explainer))
+    if args.command == "explainer":
+        return asyncio.run(runner.run_explainer(settings))
     if args.command == "reindex":
         return runner.reindex(settings)
     if args.command == "publish-demo":

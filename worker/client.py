@@ -27,6 +27,7 @@ from contracts.api import (
     BlobStored,
     CreateResult,
     DiffResult,
+    ExplainResult,
     History,
     ListPage,
     MetaPatched,
@@ -164,6 +165,11 @@ class RunsClient:
         if expected_revision is not None:
             body["expected_revision"] = expected_revision
         return MetaPatched.model_validate(await self.request("patch_meta", body))
+
+    async def explain(self, run_id: str, force: bool = False) -> ExplainResult:
+        """Request an explanation; with ``force``, a new one even when READY, ERROR or PENDING."""
+        body = {"run_id": run_id, "force": force}
+        return ExplainResult.model_validate(await self.request("explain", body))
 
     async def history(self, run_id: str) -> History:
         """Every revision of a run, oldest first."""

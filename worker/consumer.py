@@ -2,7 +2,8 @@
 
 This is the one place where outcomes become JetStream acknowledgements:
 
-    Stored (new or duplicate)        ack, after the batch is durable
+    Stored (new or duplicate)        ack, after the batch is durable (and a due explanation
+                                     request is published)
     RejectedError                    dead letter (awaiting its PubAck), then term
     TransientError / a failed DLQ    nak with a delay growing with the delivery count
     ... on the last allowed delivery dead letter MAX_DELIVERIES, then term
@@ -35,6 +36,7 @@ from contracts.subjects import EVENTS_CONSUMER
 from worker.core.dead_letter import dead_letter, dead_letter_msg_id
 from worker.core.timefmt import utc_now
 from worker.errors import RejectedError
+from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Prepared, Stored
 from worker.settings import Settings
 
@@ -49,6 +51,7 @@ class DeadLetters:
         self, broker: NatsBroker, settings: Settings, clock: Callable[[], datetime] = utc_now
     ) -> None:
         self._broker = broker
+        self._settings = settings
         self._subjects = settings.subjects
         self._timeout = settings.publish_timeout_s
         self._clock = clock
@@ -86,6 +89,20 @@ class DeadLetters:
             timeout=self._timeout,
         )
 
+    async def retry(self, msg: Msg, exc: BaseException) -> None:
+        """Nak with a growing delay; on the last allowed delivery, dead-letter instead."""
+        delivered = msg.metadata.num_delivered
+        if delivered >= self._settings.max_deliver:
+            detail = f"failed on all {delivered} deliveries; last error: {exc!r}"
+            try:
+                await self.send_for(msg, DeadLetterCode.MAX_DELIVERIES, detail)
+            except Exception:
+                log.exception("MAX_DELIVERIES dead letter not stored; the advisory will retry it")
+                return
+            await msg.term()
+            return
+        await msg.nak(delay=nak_delay(delivered, self._settings))
+
     async def send_for(self, msg: Msg, code: str, detail: str) -> None:
         """Dead-letter a message delivered by JetStream."""
         meta = msg.metadata
@@ -109,10 +126,12 @@ class EventConsumer:
         js: JetStreamContext,
         ingestor: Ingestor,
         dead_letters: DeadLetters,
+        explanations: Explanations,
         settings: Settings,
     ) -> None:
         self._js = js
         self._ingestor = ingestor
+        self._explanations = explanations
         self._dead_letters = dead_letters
         self._settings = settings
         self._stopping = asyncio.Event()
@@ -129,7 +148,7 @@ class EventConsumer:
             while not self._stopping.is_set():
                 msgs = await self._next_batch(sub)
                 if msgs and self._stopping.is_set():  # hand back at once, for another worker
-                    await _together(m.nak() for m in msgs)
+                    await together(m.nak() for m in msgs)
                 elif msgs:
                     prepared = await self._prepare(msgs, committing)
                     if committing is not None:
@@ -197,50 +216,37 @@ class EventConsumer:
                 await self.handle([m])
             return
         log.error("event at stream seq %s failed", msgs[0].metadata.sequence.stream, exc_info=exc)
-        await _together([self._retry(msgs[0], exc)])
+        await together([self._dead_letters.retry(msgs[0], exc)])
 
     async def _commit(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
         try:
             outcomes = await self._ingestor.commit(prepared)
         except Exception as exc:  # TransientError, or anything the store did not expect
             log.warning("batch of %d not stored: %s", len(msgs), exc)
-            await _together(self._retry(m, exc) for m in msgs)
+            await together(self._dead_letters.retry(m, exc) for m in msgs)
             return
-        await _together(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True))
+        await together(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True))
 
     async def _settle(self, msg: Msg, outcome: Stored | RejectedError) -> None:
-        if isinstance(outcome, Stored):
-            await msg.ack()
-            return
         try:
+            if isinstance(outcome, Stored):  # its explanation request goes out before the ack
+                await self._explanations.announce_created(outcome.run)
+                await msg.ack()
+                return
             await self._dead_letters.send_for(msg, outcome.code, outcome.detail)
         except Exception as exc:
-            log.warning("dead letter for seq %s not stored: %s", msg.metadata.sequence.stream, exc)
-            await self._retry(msg, exc)
+            log.warning("publish for seq %s failed: %s", msg.metadata.sequence.stream, exc)
+            await self._dead_letters.retry(msg, exc)
             return
         log.info("dead-lettered seq %s: %s", msg.metadata.sequence.stream, outcome)
         await msg.term()
-
-    async def _retry(self, msg: Msg, exc: BaseException) -> None:
-        """Nak with a growing delay; on the last allowed delivery, dead-letter instead."""
-        delivered = msg.metadata.num_delivered
-        if delivered >= self._settings.max_deliver:
-            detail = f"failed on all {delivered} deliveries; last error: {exc!r}"
-            try:
-                await self._dead_letters.send_for(msg, DeadLetterCode.MAX_DELIVERIES, detail)
-            except Exception:
-                log.exception("MAX_DELIVERIES dead letter not stored; the advisory will retry it")
-                return
-            await msg.term()
-            return
-        await msg.nak(delay=nak_delay(delivered, self._settings))
 
 
 def _deliveries(msgs: Sequence[Msg]) -> list[Delivery]:
     return [Delivery(m.data, m.subject.rpartition(".")[2], m.metadata.timestamp) for m in msgs]
 
 
-async def _together(settlements: Iterable[Awaitable[None]]) -> None:
+async def together(settlements: Iterable[Awaitable[None]]) -> None:
     """Send acks, naks and terms concurrently; one that fails is redelivered after ack_wait."""
     for error in await asyncio.gather(*settlements, return_exceptions=True):
         if error is not None:

@@ -35,6 +35,7 @@ class Stored:
     run_id: str
     revision: int
     duplicate: bool
+    run: dict[str, Any]  # the artifact as stored
 
 
 Outcome = Stored | RejectedError
@@ -158,7 +159,7 @@ def _known(outcome: Outcome | None) -> Outcome:
 def _resolve(event: CheckedEvent, holder: dict[str, Any], fresh: bool) -> Outcome:
     """Stored (new or duplicate) when the run's holder is this event, else RUN_ID_CONFLICT."""
     if holder["hashes"]["event_sha256"] == event.event_sha256:
-        return Stored(event.run_id, holder["revision"], duplicate=not fresh)
+        return Stored(event.run_id, holder["revision"], duplicate=not fresh, run=holder)
     return RejectedError(
         DeadLetterCode.RUN_ID_CONFLICT,
         f"run {event.run_id} is held by another event "

@@ -14,6 +14,7 @@ from pathlib import Path
 from worker.app import Worker
 from worker.client import RunsApiError, RunsClient
 from worker.demo import demo_events
+from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
 from worker.settings import Settings
 from worker.store.files import FileStore
@@ -63,14 +64,22 @@ def resolve_url(settings: Settings) -> str:
     raise SystemExit(f"no NATS URL: pass --nats-url, set RMOS_NATS_URL, or start a worker ({path})")
 
 
-async def run_worker(settings: Settings, *, demo: bool = False) -> int:
+async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool = False) -> int:
+    """The worker; with ``explainer``, the reference explainer in the same process."""
     async with nats_endpoint(settings) as url:
         worker = Worker(settings, url)
-        demo_task = asyncio.create_task(_demo_when_ready(settings, url)) if demo else None
+        helpers = asyncio.create_task(_when_ready(settings, url, demo=demo, explainer=explainer))
         code = await worker.run()
-        if demo_task is not None:
-            demo_task.cancel()
+        helpers.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            explaining = await helpers
+            if explaining is not None:
+                await explaining.app.stop()
     return code
+
+
+async def run_explainer(settings: Settings) -> int:
+    return await ReferenceExplainer(resolve_url(settings), settings.subjects).run()
 
 
 def reindex(settings: Settings) -> int:
@@ -95,16 +104,26 @@ def reindex(settings: Settings) -> int:
     return 0
 
 
-async def _demo_when_ready(settings: Settings, url: str) -> None:
+async def _when_ready(
+    settings: Settings, url: str, *, demo: bool, explainer: bool
+) -> ReferenceExplainer | None:
+    """Once the worker answers ``api.get``: start the explainer, publish the demo events."""
     async with await RunsClient.connect(url, settings.subjects) as client:
-        for _ in range(200):  # readiness: the worker answers api.get (bounded wait, ~20 s)
+        for _ in range(300):  # bounded: ~30 s
             try:
                 await client.get("run_" + "0" * 32)
             except RunsApiError:
                 break
             except Exception:
                 await asyncio.sleep(0.1)
-        await _publish_demo(client)
+        explaining = None
+        if explainer:
+            explaining = ReferenceExplainer(url, settings.subjects)
+            await explaining.app.start()
+            log.info("reference explainer running")
+        if demo:
+            await _publish_demo(client)
+    return explaining
 
 
 async def publish_demo(settings: Settings, *, tag: str = "demo") -> int:

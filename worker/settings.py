@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(
         default=768 * KIB, gt=0, description="larger attachments are refused PAYLOAD_TOO_LARGE"
     )
+    explain_timeout_s: float = Field(
+        default=300.0, gt=0, description="a PENDING explanation is requested again after this"
+    )
+    explain_max_attempts: int = Field(
+        default=3, ge=1, description="requests per explanation before it is set ERROR timed out"
+    )
     batch_size: int = Field(
         default=256, ge=1, le=1000, description="most events made durable by one group commit"
     )

@@ -9,6 +9,7 @@ abruptly as a SIGKILL: no flush, no ack, no clean-up.
     mid_link             some runs linked, the rest not
     before_second_flush  all linked, links not yet flushed
     before_ack           all durable, nothing acknowledged
+    before_request       a run stored PENDING, its explanation request not yet published
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from worker import cli
+from worker.explain import Explanations
 from worker.store.durable import Flusher
 
 CRASHED = 137
@@ -36,6 +38,7 @@ def install(step: str) -> None:
     flushes = 0
     links = 0
     real_flush, real_link, real_ack = Flusher.flush, os.link, Msg.ack
+    real_request = Explanations.publish_request
 
     def flush(self: Flusher, *args: Any, **kwargs: Any) -> None:
         nonlocal flushes
@@ -56,9 +59,15 @@ def install(step: str) -> None:
             _die()
         await real_ack(self)
 
+    async def publish_request(self: Explanations, run: dict[str, Any]) -> None:
+        if step == "before_request":
+            _die()
+        await real_request(self, run)
+
     Flusher.flush = flush  # type: ignore[method-assign]
     os.link = link
     Msg.ack = ack  # type: ignore[method-assign]
+    Explanations.publish_request = publish_request  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ class TestEmbeddedServer:
     """With no NATS URL the worker brings its own server, and takes it down on exit."""
 
     async def test_demo_on_embedded_server(self, tmp_path: Path) -> None:
-        """``rmos-runs worker --demo`` stores the five demo runs and exits 0 on SIGTERM."""
+        """The README's command stores the demo runs, explains four, exits 0 on SIGTERM."""
         data = tmp_path / "data"
         proc = WorkerProcess(None, data)
-        await proc.start(None, 30.0, "--demo")
+        await proc.start(None, 30.0, "--explainer", "--demo")
         url_file = data / "nats" / "url"
 
         async def five_runs() -> bool | None:
@@ -42,6 +42,14 @@ class TestEmbeddedServer:
         assert by_event["demo-guarded"]["status"] == "BLOCKED"
         assert by_event["demo-guarded"]["meta"]["guard"]["claimed_status"] == "OK"
         assert by_event["demo-child"]["drift_detected"] is True
+
+        async def explained() -> bool | None:  # the guarded, blocked, error and child runs
+            async with await RunsClient.connect(url) as c:
+                runs = [await c.get(p.stem) for p in run_files(data)]
+            statuses = sorted(r["explanation_status"] for r in runs)
+            return True if statuses == ["NONE", "READY", "READY", "READY", "READY"] else None
+
+        await eventually(explained, timeout=30)
         assert all("never-stored" not in p.read_text() for p in run_files(data))
         assert await proc.terminate() == 0
         assert not url_file.exists()

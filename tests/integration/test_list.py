@@ -86,7 +86,8 @@ class TestList:
         assert count(await by(limit=500, status="BLOCKED")) == 3 + 2  # the guard blocks RED
         assert count(await by(limit=500, risk_level="RED")) == 2
         assert count(await by(limit=500, material_id="maple", status="OK")) == 4
-        assert count(await by(limit=500, source="engine-a", explanation_status="NONE")) == 9
+        assert count(await by(limit=500, source="engine-a", explanation_status="NONE")) == 4
+        assert count(await by(limit=500, explanation_status="PENDING")) == 5  # not OK and GREEN
         assert count(await by(limit=500, event_type="feasibility", mode="rosette")) == 9
         assert count(await by(limit=500, source="engine-b")) == 0
         window = await by(

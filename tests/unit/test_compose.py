@@ -191,3 +191,16 @@ class TestDockerfile:
         assert sources, "Dockerfile copies nothing"
         missing = [src for src in sources if not (REPO / src).exists()]
         assert not missing, f"COPY sources missing from the repo: {missing}"
+
+
+class TestExplainerService:
+    """The reference explainer runs beside the worker, on the same NATS."""
+
+    def test_explainer(self) -> None:
+        """It is built from the repo, runs ``explainer``, and starts after NATS and the worker."""
+        explainer = service("explainer")
+        assert explainer["build"] == "."
+        assert explainer["command"] == ["explainer"]
+        assert explainer["environment"]["RMOS_NATS_URL"] == "nats://nats:4222"
+        assert explainer["depends_on"]["nats"]["condition"] == "service_healthy"
+        assert "worker" in explainer["depends_on"]

@@ -171,7 +171,10 @@ class TestArtifact:
         assert "explain" not in art
         assert art["schema"] == "rmos.run_artifact.v1"
         assert art["revision"] == 1
-        assert art["explanation_status"] == "NONE"
+        assert art["explanation_status"] == "PENDING"  # explain: true
+        assert art["explanation_request_id"] == f"req_{art['run_id'][4:]}_1"
+        assert art["explanation_attempts"] == 1
+        assert art["explanation_requested_at"] == art["recorded_at_utc"]
         assert art["request_summary"]["keys"] == ["design", "[redacted]"]
         assert art["hashes"]["request_sha256"] == sha256_json({"design": {"r": 1}, "token": "t"})
         assert art["hashes"]["feasibility_sha256"] == sha256_json({"depth": 1.5})
@@ -202,6 +205,29 @@ class TestArtifact:
         }
         assert content_sha256(changed) == art["content_sha256"]
         assert content_sha256({**art, "status": "ERROR"}) != art["content_sha256"]
+
+
+class TestCreationPolicy:
+    """Which runs are created PENDING with an explanation request (still revision 1)."""
+
+    @pytest.mark.parametrize(
+        ("fields", "status"),
+        [
+            ({}, "NONE"),  # OK and GREEN
+            ({"explain": True}, "PENDING"),
+            ({"status": "BLOCKED", "decision": {"risk_level": "RED"}}, "PENDING"),
+            ({"status": "BLOCKED", "explain": False}, "NONE"),
+            ({"decision": {"risk_level": "YELLOW"}}, "PENDING"),
+            ({"decision": {"risk_level": "RED"}}, "PENDING"),  # guarded to BLOCKED
+            ({"explain": None}, "NONE"),
+        ],
+    )
+    def test_policy(self, fields: dict[str, Any], status: str) -> None:
+        """explain decides; absent or null, a run not OK and GREEN is explained."""
+        art = build(ev(**fields))
+        assert art["explanation_status"] == status
+        assert art["revision"] == 1
+        assert art["content_sha256"] == content_sha256(art)
 
 
 class TestDrift:

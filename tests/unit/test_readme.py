@@ -21,7 +21,7 @@ class TestReadme:
     def test_exactly_two_setup_commands(self) -> None:
         """One command runs the worker, one runs the whole suite."""
         run, test = commands()
-        assert run.endswith("rmos-runs worker --demo")
+        assert run.endswith("rmos-runs worker --explainer --demo")
         assert test.endswith("python -m pytest")
 
     def test_ci_runs_the_test_command(self) -> None:

@@ -24,6 +24,7 @@ from contracts.canonical import (
 from contracts.codes import DeadLetterCode
 from contracts.models import RunEvent, parse_timestamp
 from contracts.summary import summarize_request
+from worker.core.lifecycle import Request, apply, decide, wants_explanation
 from worker.core.timefmt import utc_text
 from worker.errors import RejectedError
 
@@ -157,7 +158,10 @@ def build_artifact(
     stored_at: datetime,
     now: datetime,
 ) -> dict[str, Any]:
-    """The revision-1 artifact of a checked event; ``parent`` is the stored parent run, if any."""
+    """The revision-1 artifact of a checked event; ``parent`` is the stored parent run, if any.
+
+    When the creation policy wants an explanation, the run is already ``PENDING`` (still
+    revision 1), with the request the caller must publish once the artifact is durable."""
     event = checked.event
     artifact = {k: v for k, v in event.items() if k not in _NOT_KEPT}
     artifact["schema"] = ARTIFACT_SCHEMA
@@ -177,7 +181,16 @@ def build_artifact(
     if "parent_run_id" in event:
         artifact.update(drift_against(artifact, parent))
     artifact["content_sha256"] = content_sha256(artifact)
+    explain = event.get("explain")
+    if wants_explanation(explain, artifact["status"], lookup(artifact, "decision.risk_level")):
+        request = Request(force=False, request_id=request_id_for(checked.run_id, 1), now=now)
+        artifact = apply(artifact, decide(artifact, request), now, bump_revision=False)
     return artifact
+
+
+def request_id_for(run_id: str, revision: int) -> str:
+    """The id of the explanation request made at ``revision``: unique, and the same on retry."""
+    return f"req_{run_id[4:]}_{revision}"
 
 
 def _artifact_hashes(checked: CheckedEvent) -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""The explanation lifecycle's adapter: transitions stored as revisions, then announced.
+
+The rules are pure (``worker.core.lifecycle``); here a message becomes a compare-and-swap of the
+run (``FileStore.update_run``), and every transition is published afterwards with JetStream:
+the request on ``explain.requested`` (``Nats-Msg-Id: <request_id>``) when one is due, and the
+status change on ``explain.status.<run_id>`` (``Nats-Msg-Id: <run_id>:r<revision>``). Both ids
+are deterministic, so publishing again after a crash is stored once. A run stored ``PENDING``
+whose request was never published (a crash in between) is found by the sweep, which also
+re-requests, and finally fails, runs left ``PENDING`` past the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from faststream.nats import NatsBroker
+
+from worker.core import lifecycle
+from worker.core.ingest import request_id_for
+from worker.core.timefmt import utc_now
+from worker.settings import Settings
+from worker.store.base import RunStore
+from worker.store.index import Query
+from worker.store.revisions import Change
+
+log = logging.getLogger(__name__)
+SWEEP_MAX_INTERVAL_S = 30.0
+
+
+class Explanations:
+    """Applies lifecycle messages to runs and publishes what they cause."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        broker: NatsBroker,
+        settings: Settings,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._settings = settings
+        self._subjects = settings.subjects
+        self._clock = clock
+        self.patches_ignored = 0  # rmos_explain_patches_ignored_total
+
+    async def _publish(self, subject: str, body: dict[str, Any], msg_id: str) -> None:
+        await self._broker.publish(
+            json.dumps(body, ensure_ascii=False).encode(),
+            subject,
+            headers={"Nats-Msg-Id": msg_id, "content-type": "application/json"},
+            stream=self._subjects.explain_stream,
+            timeout=self._settings.publish_timeout_s,
+        )
+
+    async def publish_request(self, run: dict[str, Any]) -> None:
+        """The request of a ``PENDING`` run, as stored (so a retry publishes the same one)."""
+        body = {
+            "schema": "rmos.explanation_requested.v1",
+            "request_id": run["explanation_request_id"],
+            "run_id": run["run_id"],
+            "revision": run["revision"],
+            "requested_at": run["explanation_requested_at"],
+            "run": run,
+        }
+        await self._publish(self._subjects.explain_requested, body, run["explanation_request_id"])
+
+    async def publish_status(self, run: dict[str, Any], from_status: str) -> None:
+        body = {
+            "schema": "rmos.explanation_status_changed.v1",
+            "run_id": run["run_id"],
+            "request_id": run.get("explanation_request_id"),
+            "from": from_status,
+            "to": run["explanation_status"],
+            "revision": run["revision"],
+            "at": run["updated_at_utc"],
+        }
+        for key, field in (("summary", "explanation_summary"), ("error", "explanation_error")):
+            if field in run:
+                body[key] = run[field]
+        msg_id = f"{run['run_id']}:r{run['revision']}"
+        await self._publish(self._subjects.explain_status(run["run_id"]), body, msg_id)
+
+    async def announce_created(self, run: dict[str, Any]) -> None:
+        """After a run is durable (or met again as a duplicate): its request, if it has one due."""
+        if run["explanation_status"] != "PENDING":
+            return
+        await self.publish_request(run)
+        if run["revision"] == 1:  # the creation's NONE → PENDING
+            await self.publish_status(run, "NONE")
+
+    async def transition(
+        self,
+        run_id: str,
+        message: Callable[[dict[str, Any]], lifecycle.Message],
+        by: str,
+    ) -> tuple[dict[str, Any], lifecycle.Decision] | None:
+        """Decide and store one message (compare-and-swap), then announce a transition.
+
+        ``message`` builds the message from the current artifact (a new request id depends on
+        its revision). Returns the artifact now and the decision; None when the run is absent.
+        """
+        decided: list[lifecycle.Decision] = []
+        now = self._clock()
+
+        def change(current: dict[str, Any]) -> Change | None:
+            decision = lifecycle.decide(current, message(current))
+            decided.append(decision)
+            if decision.kind != "transition":
+                return None
+            new = lifecycle.apply(current, decision, now, bump_revision=False)
+            keys = {*decision.changes, *decision.removed, "advisory_inputs"}
+            return Change({k: new.get(k) for k in keys}, change="explanation", by=by)
+
+        result = await self._store.update_run(run_id, change)
+        if result is None:
+            return None
+        run, changed = result
+        decision = decided[-1]
+        if changed:
+            if decision.publish_request:
+                await self.publish_request(run)
+            await self.publish_status(run, decision.from_status)
+        elif decision.kind == "ignored":
+            self.patches_ignored += 1
+            log.info(
+                "ignored (%s); rmos_explain_patches_ignored_total=%d",
+                decision.reason,
+                self.patches_ignored,
+            )
+        return run, decision
+
+    def request(self, force: bool) -> Callable[[dict[str, Any]], lifecycle.Message]:
+        """A request message with the id of the revision it would create."""
+        return lambda run: lifecycle.Request(
+            force, request_id_for(run["run_id"], run["revision"] + 1), self._clock()
+        )
+
+    def tick(self) -> Callable[[dict[str, Any]], lifecycle.Message]:
+        return lambda run: lifecycle.Tick(
+            self._clock(),
+            self._settings.explain_timeout_s,
+            self._settings.explain_max_attempts,
+            request_id_for(run["run_id"], run["revision"] + 1),
+        )
+
+    async def sweep(self, *, republish: bool) -> int:
+        """Every ``PENDING`` run: past its deadline, re-requested or failed; else, with
+        ``republish`` (at start-up), its stored request published again. Returns runs seen."""
+        seen = 0
+        after: tuple[str, str] | None = None
+        while True:
+            rows = await self._store.list_runs(
+                Query(equals=(("explanation_status", "PENDING"),), after=after, limit=500)
+            )
+            for row in rows[:500]:
+                seen += 1
+                result = await self.transition(row["run_id"], self.tick(), by="deadline")
+                if republish and result is not None and result[1].kind == "unchanged":
+                    await self.announce_created(result[0])
+            if len(rows) <= 500:
+                return seen
+            after = (rows[499]["created_at_utc"], rows[499]["run_id"])
+
+    async def run_sweeps(self, stopping: asyncio.Event) -> None:
+        """Sweep at start-up (republishing), then periodically until ``stopping`` is set."""
+        interval = min(self._settings.explain_timeout_s / 4, SWEEP_MAX_INTERVAL_S)
+        republish = True
+        while not stopping.is_set():
+            try:
+                await self.sweep(republish=republish)
+                republish = False
+            except Exception:
+                log.exception("explanation sweep failed; trying again later")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)

@@ -1,0 +1,145 @@
+"""The reference explainer: the example an explainer team copies.
+
+It consumes ``rmos.runs.v1.explain.requested`` with the durable pull consumer ``rmos-explainer``
+(start several: they share the work), writes an explanation of the run, stores the full text as
+a content-addressed attachment (``attachments.put``), and answers with a patch on
+``explain.patch.<run_id>`` (``Nats-Msg-Id: patch:<request_id>``): ``READY`` with a summary, or
+``ERROR`` when no explanation can be made. The worker ignores late, repeated and stale patches,
+so a redelivered request is harmless.
+
+The text comes from :class:`RuleModel`, deterministic and local. A real model plugs in as any
+object with the same ``explain(run) -> Explanation`` method (see :class:`Model`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from faststream import AckPolicy, FastStream
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js.api import ConsumerConfig
+
+from contracts.subjects import EXPLAINER_CONSUMER, Subjects
+from worker.client import RunsClient
+from worker.core.timefmt import utc_now, utc_text
+
+log = logging.getLogger(__name__)
+EXPLAINER_ID = "rmos-reference-explainer"
+VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    summary: str  # 1-4000 characters, shown with the run
+    text: str  # the full explanation, stored as an attachment
+
+
+class Model(Protocol):
+    """The plug-in point: whatever turns a run artifact into an explanation."""
+
+    def explain(self, run: dict[str, Any]) -> Explanation: ...
+
+
+class RuleModel:
+    """Explains a run from its decision, feasibility, warnings and drift, deterministically."""
+
+    def explain(self, run: dict[str, Any]) -> Explanation:
+        decision = run.get("decision", {})
+        lines = [
+            f"Run {run['run_id']} ({run['event_type']} of {run['tool_id']}, mode {run['mode']}) "
+            f"was recorded {run['status']} with risk level {decision.get('risk_level', 'unknown')}"
+            + (f" and score {decision['score']}." if "score" in decision else ".")
+        ]
+        if run.get("meta", {}).get("guard"):
+            guard = run["meta"]["guard"]
+            lines.append(
+                f"The engine claimed {guard['claimed_status']}, but the safety guard blocked it: "
+                + ", ".join(guard["violations"])
+                + "."
+            )
+        if decision.get("block_reason"):
+            lines.append(f"Block reason: {decision['block_reason']}.")
+        lines += [f"Warning: {w}." for w in decision.get("warnings", [])]
+        lines += [f"Error: {e}." for e in run.get("errors", [])]
+        feasibility = run.get("feasibility")
+        if isinstance(feasibility, dict) and feasibility:
+            facts = ", ".join(f"{k} = {json.dumps(v)}" for k, v in sorted(feasibility.items()))
+            lines.append(f"Feasibility: {facts[:1000]}.")
+        drift = run.get("drift_summary") or {}
+        if drift.get("changed"):
+            lines.append("Changed since the parent run: " + ", ".join(drift["changed"]) + ".")
+        elif drift.get("parent") == "NOT_FOUND":
+            lines.append("Its parent run is not in the store.")
+        text = "\n".join(lines)
+        return Explanation(summary=" ".join(lines[:3])[:4000], text=text)
+
+
+class ReferenceExplainer:
+    """One explainer process: a FastStream app around :meth:`handle`."""
+
+    def __init__(self, nats_url: str, subjects: Subjects, model: Model | None = None) -> None:
+        self.subjects = subjects
+        self.model = model or RuleModel()
+        self.broker = NatsBroker(nats_url, max_reconnect_attempts=-1, log_level=logging.DEBUG)
+        self.app = FastStream(self.broker)
+        self.broker.subscriber(
+            subjects.explain_requested,
+            # the worker owns the stream: bind to it, never redeclare it with fewer subjects
+            stream=JStream(subjects.explain_stream, declare=False),
+            durable=EXPLAINER_CONSUMER,
+            config=ConsumerConfig(max_deliver=5, ack_wait=60),
+            pull_sub=PullSub(batch_size=1, timeout=5.0),
+            ack_policy=AckPolicy.NACK_ON_ERROR,  # a failure comes back, a bounded number of times
+        )(self.handle)
+
+    async def handle(self, body: dict[str, Any], msg: NatsMessage) -> None:
+        """Explain one requested run and patch the answer back."""
+        client = RunsClient(self.broker.config.connection_state.connection, self.subjects)
+        run = body["run"]
+        try:
+            explanation = self.model.explain(run)
+        except Exception as exc:  # the model failed: say so, the run goes to ERROR
+            log.exception("no explanation for %s", run["run_id"])
+            await self._patch(client, body, status="ERROR", error=f"explainer failed: {exc!r}")
+            return
+        stored = await client.put_attachment(
+            explanation.text.encode(),
+            kind="explanation",
+            mime="text/plain",
+            filename=f"{run['run_id']}-explanation.txt",
+        )
+        advisory = {
+            "advisory_id": f"expl-{body['request_id']}",
+            "kind": "explanation",
+            "created_at_utc": utc_text(utc_now()),
+            "request_id": body["request_id"],
+            "engine_id": EXPLAINER_ID,
+            "engine_version": VERSION,
+            "sha256": stored.sha256,
+        }
+        await self._patch(
+            client, body, status="READY", summary=explanation.summary, advisory=advisory
+        )
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (the worker must have declared the streams)."""
+        await self.app.run()
+        return 0
+
+    async def _patch(self, client: RunsClient, request: dict[str, Any], **fields: Any) -> None:
+        patch = {
+            "schema": "rmos.explanation_patch.v1",
+            "run_id": request["run_id"],
+            "request_id": request["request_id"],
+            "explainer_id": EXPLAINER_ID,
+            **fields,
+        }
+        await client.publish_raw(
+            self.subjects.explain_patch(request["run_id"]),
+            json.dumps(patch).encode(),
+            msg_id=f"patch:{request['request_id']}",
+        )
+        log.info("patched %s %s", request["run_id"], fields["status"])

@@ -1,0 +1,139 @@
+"""The patches consumer: explainers' answers applied to runs, one message at a time.
+
+A patch is applied only to a ``PENDING`` run with that ``request_id``; the same patch twice is
+a no-op, a patch for another request is ignored and counted. A patch that is malformed, names
+an unknown run, or whose body ``run_id`` differs from its subject's is dead-lettered
+``INVALID_PATCH``. Transient failures are nak'ed like events (``DeadLetters.retry``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from contracts.canonical import CanonicalError, parse_json
+from contracts.codes import DeadLetterCode
+from contracts.models import ExplanationPatch
+from contracts.subjects import PATCHES_CONSUMER
+from worker.consumer import IDLE_FETCH_S, DeadLetters
+from worker.core import lifecycle
+from worker.core.ingest import describe_errors
+from worker.errors import RejectedError
+from worker.explain import Explanations
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+FETCH = 64
+
+
+def patches_consumer_config(settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=PATCHES_CONSUMER,
+        filter_subject=f"{settings.subjects.explain}.patch.>",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+def parse_patch(subject: str, data: bytes) -> lifecycle.Patch:
+    """A patch the state machine may decide on, or RejectedError(INVALID_PATCH, why)."""
+    try:
+        patch = ExplanationPatch.model_validate(parse_json(data))
+    except CanonicalError as exc:
+        raise RejectedError(DeadLetterCode.INVALID_PATCH, f"not JSON: {exc}") from None
+    except ValidationError as exc:
+        raise RejectedError(DeadLetterCode.INVALID_PATCH, describe_errors(exc)) from None
+    if subject.rpartition(".")[2] != patch.run_id:
+        raise RejectedError(
+            DeadLetterCode.INVALID_PATCH, f"run_id {patch.run_id} is not the subject's {subject}"
+        )
+    message = lifecycle.Patch(
+        request_id=patch.request_id,
+        status=patch.status,
+        summary=patch.summary,
+        error=patch.error,
+        advisory=patch.advisory.model_dump(exclude_none=True) if patch.advisory else None,
+        explainer_id=patch.explainer_id,
+    )
+    problem = lifecycle.validate_patch(message)
+    if problem is not None:
+        raise RejectedError(DeadLetterCode.INVALID_PATCH, problem)
+    return message
+
+
+class PatchConsumer:
+    """Runs the pull loop of the durable consumer on ``explain.patch.>`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        explanations: Explanations,
+        dead_letters: DeadLetters,
+        settings: Settings,
+    ) -> None:
+        self._js = js
+        self._explanations = explanations
+        self._dead_letters = dead_letters
+        self._settings = settings
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        sub = await self._js.pull_subscribe_bind(
+            durable=PATCHES_CONSUMER, stream=self._settings.subjects.explain_stream
+        )
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(FETCH, timeout=IDLE_FETCH_S)
+                except TimeoutError:
+                    continue
+                except nats.errors.Error as exc:
+                    log.warning("patch fetch failed (%s); retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await self.handle(msg)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def handle(self, msg: Msg) -> None:
+        """Apply one patch and settle its message. Never raises."""
+        try:
+            await self._apply(msg)
+            await msg.ack()
+        except RejectedError as rejected:
+            await self._dead_letter(msg, rejected)
+        except Exception as exc:
+            log.warning("patch at seq %s not applied: %r", msg.metadata.sequence.stream, exc)
+            with contextlib.suppress(Exception):
+                await self._dead_letters.retry(msg, exc)
+
+    async def _apply(self, msg: Msg) -> None:
+        patch = parse_patch(msg.subject, msg.data)
+        run_id = msg.subject.rpartition(".")[2]
+        by = f"patch {patch.request_id} from {patch.explainer_id}"
+        result = await self._explanations.transition(run_id, lambda _: patch, by=by)
+        if result is None:
+            raise RejectedError(DeadLetterCode.INVALID_PATCH, f"no run {run_id}")
+
+    async def _dead_letter(self, msg: Msg, rejected: RejectedError) -> None:
+        try:
+            await self._dead_letters.send_for(msg, rejected.code, rejected.detail)
+            await msg.term()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self._dead_letters.retry(msg, exc)
