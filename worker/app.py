@@ -22,8 +22,13 @@ from worker.api import Api
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
 from worker.ingest import Ingestor
-from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
-from worker.patches import PatchConsumer, patches_consumer_config
+from worker.jetstream import (
+    ensure_consumer,
+    ensure_streams,
+    events_consumer_config,
+    patches_consumer_config,
+)
+from worker.patches import PatchConsumer
 from worker.settings import Settings
 from worker.store.files import FileStore
 

@@ -20,7 +20,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError
 
-from contracts.subjects import EVENTS_CONSUMER, Subjects
+from contracts.subjects import EVENTS_CONSUMER, PATCHES_CONSUMER, Subjects
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,20 @@ def stream_configs(subjects: Subjects) -> list[StreamConfig]:
 
 
 def events_consumer_config(settings: Settings) -> ConsumerConfig:
-    """The worker's durable pull consumer on ``events.>``: explicit acks, bounded redelivery."""
+    """The worker's durable pull consumer on ``events.>``."""
+    return durable_config(EVENTS_CONSUMER, f"{settings.subjects.events}.>", settings)
+
+
+def patches_consumer_config(settings: Settings) -> ConsumerConfig:
+    """The worker's durable pull consumer on ``explain.patch.>``."""
+    return durable_config(PATCHES_CONSUMER, f"{settings.subjects.explain}.patch.>", settings)
+
+
+def durable_config(name: str, subject: str, settings: Settings) -> ConsumerConfig:
+    """A durable pull consumer: explicit acks, bounded redelivery, bounded in-flight messages."""
     return ConsumerConfig(
-        durable_name=EVENTS_CONSUMER,
-        filter_subject=f"{settings.subjects.events}.>",
+        durable_name=name,
+        filter_subject=subject,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=settings.ack_wait_s,

@@ -15,7 +15,6 @@ import logging
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from contracts.canonical import CanonicalError, parse_json
@@ -31,18 +30,6 @@ from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 FETCH = 64
-
-
-def patches_consumer_config(settings: Settings) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=PATCHES_CONSUMER,
-        filter_subject=f"{settings.subjects.explain}.patch.>",
-        ack_policy=AckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=settings.ack_wait_s,
-        max_deliver=settings.max_deliver,
-        max_ack_pending=settings.max_ack_pending,
-    )
 
 
 def parse_patch(subject: str, data: bytes) -> lifecycle.Patch:
