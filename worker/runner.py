@@ -68,13 +68,15 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
     """The worker; with ``explainer``, the reference explainer in the same process."""
     async with nats_endpoint(settings) as url:
         worker = Worker(settings, url)
-        helpers = asyncio.create_task(_when_ready(settings, url, demo=demo, explainer=explainer))
+        started: list[ReferenceExplainer] = []
+        helpers = asyncio.create_task(_when_ready(settings, url, started, demo, explainer))
         code = await worker.run()
         helpers.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            explaining = await helpers
-            if explaining is not None:
-                await explaining.app.stop()
+        for outcome in await asyncio.gather(helpers, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                log.error("demo or explainer start failed: %r", outcome)
+        for explaining in started:
+            await explaining.app.stop()
     return code
 
 
@@ -105,8 +107,8 @@ def reindex(settings: Settings) -> int:
 
 
 async def _when_ready(
-    settings: Settings, url: str, *, demo: bool, explainer: bool
-) -> ReferenceExplainer | None:
+    settings: Settings, url: str, started: list[ReferenceExplainer], demo: bool, explainer: bool
+) -> None:
     """Once the worker answers ``api.get``: start the explainer, publish the demo events."""
     async with await RunsClient.connect(url, settings.subjects) as client:
         for _ in range(300):  # bounded: ~30 s
@@ -116,14 +118,12 @@ async def _when_ready(
                 break
             except Exception:
                 await asyncio.sleep(0.1)
-        explaining = None
         if explainer:
-            explaining = ReferenceExplainer(url, settings.subjects)
-            await explaining.app.start()
+            started.append(ReferenceExplainer(url, settings.subjects))
+            await started[-1].app.start()
             log.info("reference explainer running")
         if demo:
             await _publish_demo(client)
-    return explaining
 
 
 async def publish_demo(settings: Settings, *, tag: str = "demo") -> int:
