@@ -107,10 +107,12 @@ class Explanations:
         its revision). Returns the artifact now and the decision; None when the run is absent.
         """
         decided: list[lifecycle.Decision] = []
+        messages: list[lifecycle.Message] = []
         now = self._clock()
 
         def change(current: dict[str, Any]) -> Change | None:
-            decision = lifecycle.decide(current, message(current))
+            messages.append(message(current))
+            decision = lifecycle.decide(current, messages[-1])
             decided.append(decision)
             if decision.kind != "transition":
                 return None
@@ -127,6 +129,10 @@ class Explanations:
             if decision.publish_request:
                 await self.publish_request(run)
             await self.publish_status(run, decision.from_status)
+        elif decision.kind == "unchanged" and isinstance(messages[-1], lifecycle.Patch):
+            # A redelivered patch: the status of its transition may never have gone out (stored,
+            # then a failed publish). Its message id makes a second copy stored once.
+            await self.publish_status(run, "PENDING")
         elif decision.kind == "ignored":
             self.patches_ignored += 1
             log.info(
