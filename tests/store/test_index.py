@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from worker.store.base import NewRun
 from worker.store.files import FileStore, encode
@@ -30,14 +27,6 @@ def artifact(n: int, **fields: Any) -> dict[str, Any]:
     }
     base.update(fields)
     return base
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[FileStore]:
-    files = FileStore(tmp_path / "data")
-    await files.open()
-    yield files
-    files.close()
 
 
 async def ids(store: FileStore, query: Query) -> list[str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,14 +15,6 @@ from worker.store.files import FileStore
 from worker.store.revisions import Change
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[FileStore]:
-    files = FileStore(tmp_path / "data")
-    await files.open()
-    yield files
-    files.close()
 
 
 async def a_run(store: FileStore) -> dict[str, Any]:
