@@ -35,6 +35,18 @@ async def explain_messages(js: JetStreamContext, kind: str) -> list[tuple[dict[s
     return out
 
 
+async def explain_count(
+    js: JetStreamContext, kind: str, count: int
+) -> list[tuple[dict[str, Any], str]]:
+    """The messages of ``kind`` once at least ``count`` (they are sent after the write)."""
+
+    async def probe() -> list[tuple[dict[str, Any], str]] | None:
+        found = await explain_messages(js, kind)
+        return found if len(found) >= count else None
+
+    return await eventually(probe)
+
+
 async def send_patch(client: RunsClient, run_id: str, request_id: str, **fields: Any) -> None:
     body = {
         "schema": "rmos.explanation_patch.v1",
@@ -80,9 +92,7 @@ class TestLifecycle:
         run = await blocked_run(client)
         assert (run["explanation_status"], run["revision"]) == ("PENDING", 1)
         request_id = run["explanation_request_id"]
-        [(request, request_msg_id)] = await eventually(
-            lambda: _nonempty(explain_messages(client.js, "requested"))
-        )
+        [(request, request_msg_id)] = await explain_count(client.js, "requested", 1)
         assert request["request_id"] == request_msg_id == request_id
         assert request["run"]["run_id"] == run["run_id"]
         advisory = {
@@ -99,14 +109,17 @@ class TestLifecycle:
         assert ready["content_sha256"] == run["content_sha256"]
         await send_patch(client, run["run_id"], request_id, advisory=advisory, explainer_id="x2")
         await send_patch(client, run["run_id"], "req_other_9")  # stale: another request
-        await asyncio.sleep(0.5)
+
+        async def stale_counted() -> bool | None:  # patches are applied in order: both are done
+            return True if "rmos_explain_patches_ignored_total=1" in worker.log() else None
+
+        await eventually(stale_counted)
         assert await client.get(run["run_id"]) == ready
-        statuses = await explain_messages(client.js, "status")
+        statuses = await explain_count(client.js, "status", 2)
         assert [(b["from"], b["to"], m) for b, m in statuses] == [
             ("NONE", "PENDING", f"{run['run_id']}:r1"),
             ("PENDING", "READY", f"{run['run_id']}:r2"),
         ]
-        assert "rmos_explain_patches_ignored_total=1" in worker.log()
         history = await client.history(run["run_id"])
         assert [r.change for r in history.revisions] == ["created", "explanation"]
 
@@ -145,13 +158,8 @@ class TestLifecycle:
         await send_patch(client, run["run_id"], str(forced.request_id), summary="fresh")
         final = await run_at(client, run["run_id"], explanation_summary="fresh")
         assert final["explanation_attempts"] == 1
-        requests = [b["request_id"] for b, _ in await explain_messages(client.js, "requested")]
+        requests = [b["request_id"] for b, _ in await explain_count(client.js, "requested", 2)]
         assert requests == [first.request_id, forced.request_id]
-
-
-async def _nonempty(coro: Any) -> Any:
-    found = await coro
-    return found or None
 
 
 class TestDeadlinesAndCrashes:
@@ -168,9 +176,9 @@ class TestDeadlinesAndCrashes:
         failed = await run_at(client, run["run_id"], explanation_status="ERROR")
         assert failed["explanation_error"] == "timed out"
         assert failed["explanation_attempts"] == 2
-        statuses = [(b["from"], b["to"]) for b, _ in await explain_messages(client.js, "status")]
+        statuses = [(b["from"], b["to"]) for b, _ in await explain_count(client.js, "status", 3)]
         assert statuses == [("NONE", "PENDING"), ("PENDING", "PENDING"), ("PENDING", "ERROR")]
-        assert len(await explain_messages(client.js, "requested")) == 2
+        assert len(await explain_count(client.js, "requested", 2)) == 2
         assert await proc.terminate() == 0
 
     async def test_crash_before_request(
@@ -192,9 +200,7 @@ class TestDeadlinesAndCrashes:
         proc = WorkerProcess(nats_server.url, data, env={"RMOS_ACK_WAIT_S": "2"})
         await proc.start(client)
         run_id = derive_run_id("engine-a", "blk")
-        [(request, _)] = await eventually(
-            lambda: _nonempty(explain_messages(client.js, "requested"))
-        )
+        [(request, _)] = await explain_count(client.js, "requested", 1)
         assert request["run_id"] == run_id
         assert request["request_id"] == (await client.get(run_id))["explanation_request_id"]
         assert await proc.terminate() == 0
