@@ -11,12 +11,14 @@ One run on this machine, a real nats-server on loopback, every store on the /wor
    trickle  publish -> ``api.get`` success, events sent one at a time at a steady rate.
 3. ratio    empty / bare (target >= 0.7).
 4. stored   as 2, with --stored runs already in the store (target >= 0.9 of empty).
+5. group    as 2 and 2b, with ``worker --processes N`` (default: one a CPU; 1 skips it).
 
 Every measurement is repeated (fresh server and store each time) and reported as a median, with
 the CPU each process spent per message (from /proc) and, when ``perf`` works, the number of
 ``syncfs`` calls (two per group commit: the average batch size follows).
 
 Usage: .venv/bin/python bench/ingest_bench.py [--quick] [--events N] [--stored N] [--reps N]
+       [--processes N]
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import math
@@ -59,6 +59,7 @@ from worker.core.ingest import build_artifact, check_event
 from worker.core.timefmt import utc_text
 from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
 from worker.nats_server import NatsServer
+from worker.processes import die_with_parent
 from worker.settings import Settings
 from worker.store.base import NewRun
 from worker.store.files import FileStore
@@ -91,6 +92,7 @@ class Config:
     integral_floats: bool
     profile: Path | None
     quiet_s: float
+    processes: int
 
     def ingest_timeout(self) -> float:
         """Generous: the whole flood at 100 msg/s, plus start-up slack."""
@@ -282,20 +284,14 @@ def median(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------------- processes
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the benchmark dies, so no worker outlives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class WorkerProc:
     """``python -m worker.cli worker`` as a child process, its output in a log file."""
 
-    def __init__(self, url: str, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, url: str, data_dir: Path, log_path: Path, processes: int = 1) -> None:
         self.url = url
         self.data_dir = data_dir
         self.log_path = log_path
+        self.processes = processes
         self.proc: asyncio.subprocess.Process | None = None
         self.started = 0.0
 
@@ -304,29 +300,40 @@ class WorkerProc:
         return self.proc.pid if self.proc is not None else None
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RMOS_PROCESSES": str(self.processes)}
         with self.log_path.open("ab") as log:
             self.started = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker.cli", "worker",
                 "--nats-url", self.url, "--data-dir", str(self.data_dir),
                 stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-                env=env, cwd=ROOT, preexec_fn=_die_with_parent,
+                env=env, cwd=ROOT, preexec_fn=die_with_parent,
             )  # fmt: skip
+
+    def cpu_pids(self) -> dict[str, int | None]:
+        """The processes whose CPU is the worker's: the first, then its siblings (once up)."""
+        pids: dict[str, int | None] = {"worker": self.pid}
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            pids.update({f"worker{i}": int(pid) for i, pid in enumerate(children, 2)})
+        return pids
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.returncode is not None:
             raise BenchError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
 
     async def wait_ready(self, client: RunsClient, timeout: float = 60.0) -> float:
-        """Seconds from spawn until the worker answers ``api.get`` (CONTRACT section 0)."""
+        """Seconds from spawn until the worker answers ``api.get`` (CONTRACT section 0) and
+        each of its processes said it is ready."""
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             self.check_alive()
             try:
                 await client.request("get", {"run_id": PROBE_RUN})
             except RunsApiError:
-                return time.perf_counter() - self.started
+                if self.ready_lines() >= self.processes:
+                    return time.perf_counter() - self.started
+                await asyncio.sleep(0.05)
             except (nats.errors.Error, TimeoutError):
                 await asyncio.sleep(0.05)
         raise BenchError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
@@ -344,6 +351,9 @@ class WorkerProc:
                 self.proc.kill()
                 await self.proc.wait()
         return self.proc.returncode
+
+    def ready_lines(self) -> int:
+        return self.log_path.read_text(errors="replace").count("rmos-runs worker ready")
 
     def log_tail(self, chars: int = 4000) -> str:
         if not self.log_path.exists():
@@ -399,8 +409,10 @@ FINDINGS = Findings()
 
 
 @contextlib.asynccontextmanager
-async def running_worker(url: str, data_dir: Path, log_path: Path) -> AsyncIterator[WorkerProc]:
-    worker = WorkerProc(url, data_dir, log_path)
+async def running_worker(
+    url: str, data_dir: Path, log_path: Path, processes: int = 1
+) -> AsyncIterator[WorkerProc]:
+    worker = WorkerProc(url, data_dir, log_path, processes)
     await worker.start()
     ok = False
     try:
@@ -599,22 +611,25 @@ async def populate(data_dir: Path, n: int, tag: str, integral_floats: bool) -> f
     return time.perf_counter() - started
 
 
-async def ingest_rep(cfg: Config, work: Path, events: Sequence[Prepared], stored: int) -> Rep:
-    """Phases 2 and 4: the worker ingesting a concurrent flood (plus the trickle when empty)."""
+async def ingest_rep(
+    cfg: Config, work: Path, events: Sequence[Prepared], stored: int, processes: int = 1
+) -> Rep:
+    """Phases 2, 4 and 5: the worker ingesting a concurrent flood (plus the trickle when empty
+    and single)."""
     data_dir = work / "data"
     extra: dict[str, float] = {}
     if stored:
         extra["populate s"] = await populate(data_dir, stored, "stored", cfg.integral_floats)
     async with (
         nats_server(work / "nats") as server,
-        running_worker(server.url, data_dir, work / "worker.log") as worker,
+        running_worker(server.url, data_dir, work / "worker.log", processes) as worker,
         connection(server.url) as nc,
     ):
         client = RunsClient(nc, SUBJECTS, timeout=5.0)
         extra["ready s"] = await worker.wait_ready(client)
         rep = await flood(cfg, nc, server, worker, events, work)
         rep.extra = {**extra, **rep.extra}
-        if not stored and cfg.trickle:
+        if not stored and processes == 1 and cfg.trickle:
             tag = f"trickle-{work.name}"
             trickle_events = prepare(tag, cfg.trickle, cfg.integral_floats)
             rep.extra.update(await trickle(cfg, client, data_dir, trickle_events))
@@ -632,9 +647,9 @@ async def flood(
     work: Path,
 ) -> Rep:
     """Publish everything at once; time it until the last run file is durable and acked."""
-    counter = SyncfsCounter(worker.pid, work / "perf-syncfs.csv")
+    counter = SyncfsCounter(worker.pid if worker.processes == 1 else None, work / "perf-sync.csv")
     await counter.start()
-    meter = CpuMeter({"worker": worker.pid, "nats": server.pid, "bench": os.getpid()})
+    meter = CpuMeter({**worker.cpu_pids(), "nats": server.pid, "bench": os.getpid()})
     meter.start()
     started = time.perf_counter()
     sent_ns, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
@@ -654,14 +669,16 @@ async def flood(
         "publish msg/s": len(events) / (published - started),
         "p50 ms": percentile(latencies, 50),
         "p99 ms": percentile(latencies, 99),
-        "worker cores": used["worker"] / wall,
+        "worker cores": worker_cpu(used) / wall,
         "iowait s": used["iowait"],
         "others cores": used["others"] / wall,
     }
     if syncfs:
         extra["syncfs"] = syncfs
         extra["avg batch"] = len(events) / (syncfs / 2)
-    cpu = per_message({k: used[k] for k in ("worker", "nats", "bench")}, len(events))
+    cpu = per_message(
+        {"worker": worker_cpu(used), "nats": used["nats"], "bench": used["bench"]}, len(events)
+    )
     return Rep(len(events) / wall, cpu, extra)
 
 
@@ -701,17 +718,20 @@ async def trickle(
     }
 
 
-async def backlog_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> Rep:
-    """2b: the worker draining a backlog published before it started (no publisher running)."""
+async def backlog_rep(
+    cfg: Config, work: Path, events: Sequence[Prepared], processes: int = 1
+) -> Rep:
+    """2b and 5b: the worker draining a backlog published before it started (no publisher)."""
     data_dir = work / "data"
     async with nats_server(work / "nats") as server, connection(server.url) as nc:
         js = nc.jetstream()
         await ensure_streams(js, SUBJECTS)  # what the worker declares at start-up: a no-op then
         await ensure_consumer(js, STREAM, events_consumer_config(SETTINGS))
         _, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
-        async with running_worker(server.url, data_dir, work / "worker.log") as worker:
+        log_path = work / "worker.log"
+        async with running_worker(server.url, data_dir, log_path, processes) as worker:
             started = await first_delivery(js, worker, 60.0)
-            meter = CpuMeter({"worker": worker.pid, "nats": server.pid, "bench": os.getpid()})
+            meter = CpuMeter({**worker.cpu_pids(), "nats": server.pid, "bench": os.getpid()})
             meter.start()
             try:
                 ended = await wait_settled(js, last_seq, cfg.ingest_timeout(), poll=0.01)
@@ -721,8 +741,13 @@ async def backlog_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> Re
             used = meter.stop()
             await all_files(data_dir, events, 10.0)
     wall = ended - started
-    cpu = per_message({k: used[k] for k in ("worker", "nats")}, len(events))
-    return Rep(len(events) / wall, cpu, {"s": wall, "worker cores": used["worker"] / wall})
+    cpu = per_message({"worker": worker_cpu(used), "nats": used["nats"]}, len(events))
+    return Rep(len(events) / wall, cpu, {"s": wall, "worker cores": worker_cpu(used) / wall})
+
+
+def worker_cpu(used: dict[str, float]) -> float:
+    """CPU seconds of every worker process together (the first and its siblings)."""
+    return sum(v for k, v in used.items() if k.startswith("worker") and not math.isnan(v))
 
 
 # ------------------------------------------------------------------------------------- profiling
@@ -797,6 +822,8 @@ class Results:
     empty: list[Rep] = field(default_factory=list)
     backlog: list[Rep] = field(default_factory=list)
     stored: list[Rep] = field(default_factory=list)
+    group: list[Rep] = field(default_factory=list)
+    group_backlog: list[Rep] = field(default_factory=list)
 
 
 def rates(reps: Sequence[Rep]) -> str:
@@ -840,11 +867,30 @@ def table_rows(res: Results, cfg: Config) -> Iterator[tuple[str, str, str, str]]
     ratio = stored / empty
     label = f"target >= {TARGET_STORED}"
     yield ("    ratio (4)/(2)", f"{ratio:.2f}", label, verdict(ratio, TARGET_STORED))
+    if res.group:
+        group = median([r.rate for r in res.group])
+        drain = median([r.rate for r in res.group_backlog])
+        n = cfg.processes
+        yield (f"(5) --processes {n} e2e, empty", f"{group:,.0f} msg/s", rates(res.group), "")
+        yield (
+            f"(5b) --processes {n} backlog drain",
+            f"{drain:,.0f} msg/s",
+            rates(res.group_backlog),
+            "",
+        )
+        yield ("    ratios (5)/(1), (5)/(2)", f"{group / bare:.2f}, {group / empty:.2f}", "", "")
+        yield (
+            "    ratios (5b)/(1), (5b)/(2b)",
+            f"{drain / bare:.2f}, {drain / backlog:.2f}",
+            "",
+            "",
+        )
 
 
 def cpu_rows(res: Results) -> Iterator[str]:
     for name, reps in (("bare", res.bare), ("empty", res.empty), ("backlog", res.backlog),
-                       ("stored", res.stored)):  # fmt: skip
+                       ("stored", res.stored), ("group", res.group),
+                       ("group-bl", res.group_backlog)):  # fmt: skip
         if not reps:
             continue
         keys = list(reps[0].cpu)
@@ -948,6 +994,11 @@ async def one_rep(cfg: Config, tmp: Path, rep: int, res: Results) -> None:
         ("backlog", res.backlog, lambda w, ev: backlog_rep(cfg, w, ev)),
         ("stored", res.stored, lambda w, ev: ingest_rep(cfg, w, ev, cfg.stored)),
     ]
+    if cfg.processes > 1:
+        phases += [
+            ("group", res.group, lambda w, ev: ingest_rep(cfg, w, ev, 0, cfg.processes)),
+            ("group-bl", res.group_backlog, lambda w, ev: backlog_rep(cfg, w, ev, cfg.processes)),
+        ]
     for name, bucket, run in phases:
         work = tmp / f"{name}-{rep}"
         work.mkdir()
@@ -1011,6 +1062,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
         "--quiet", type=float, default=30.0, help="wait up to S s for an idle machine per phase"
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="whole run, seconds")
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="phase 5's --processes; 1: none"
+    )
     args = parser.parse_args(argv)
     defaults = (2000, 10_000, 1, 100) if args.quick else (20_000, 100_000, 3, 500)
     for name, default in zip(("events", "stored", "reps", "trickle"), defaults, strict=True):
@@ -1027,6 +1081,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
         integral_floats=args.integral_floats,
         profile=args.profile,
         quiet_s=args.quiet,
+        processes=args.processes,
     ), args.timeout
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import math
 import os
@@ -57,6 +55,7 @@ from worker.api import to_query
 from worker.client import RunsApiError, RunsClient
 from worker.core.timefmt import utc_text
 from worker.nats_server import NatsServer
+from worker.processes import die_with_parent
 from worker.store.index import SUMMARY, Query, RunIndex, _where
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -532,12 +531,6 @@ def bench_size(tmp: Path, size: int, args: argparse.Namespace) -> None:
 # --- the API overhead, end to end ------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the worker child: SIGTERM when this script dies, so nothing is left running."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(1, signal.SIGTERM)
-
-
 async def start_worker(url: str, data_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RMOS_NATS_URL", None)
@@ -545,7 +538,7 @@ async def start_worker(url: str, data_dir: Path, log_path: Path) -> asyncio.subp
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker.cli", "worker", "--nats-url", url,
             "--data-dir", str(data_dir), stdout=log, stderr=log,
-            stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT, preexec_fn=_die_with_parent,
+            stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT, preexec_fn=die_with_parent,
         )  # fmt: skip
 
 

@@ -82,6 +82,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], None]] = []
         self._sweeps_stop = asyncio.Event()
+        self.on_stopping: list[Callable[[], None]] = []  # called first when the worker stops
         self._stopping = False
         self.failed = False
         self._register_subscribers()
@@ -110,7 +111,7 @@ class Worker:
         if not self._stopping:
             log.error("NATS connection closed for good; stopping")
             self.failed = True
-            self.app.exit()
+            self.stop()
 
     async def _on_startup(self) -> None:
         await self.store.open()
@@ -142,12 +143,12 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s died; stopping", task.get_name(), exc_info=task.exception())
             self.failed = True
-            self.app.exit()
+            self.stop()
 
     async def _on_shutdown(self) -> None:
         """Stop fetching; finish the batches in hand (what is not finished is redelivered)."""
         self._stopping = True
-        for stop in self._stops:
+        for stop in (*self.on_stopping, *self._stops):
             stop()
         running = [task for task in self._tasks if not task.done()]
         if running:
@@ -158,6 +159,10 @@ class Worker:
 
     async def _after_shutdown(self) -> None:
         self.store.close()
+
+    def stop(self) -> None:
+        """Begin a graceful stop, as SIGTERM does."""
+        self.app.exit()
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT or a closed connection; the exit code (0 after a clean stop)."""

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--explainer", action="store_true", help="run the reference explainer in this process"
     )
+    worker.add_argument(
+        "--processes", type=int, help="worker processes on this data dir (env RMOS_PROCESSES)"
+    )
 
     explainer = commands.add_parser("explainer", help="run the reference explainer service")
     _common(explainer)
@@ -101,6 +104,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         overrides["nats_url"] = args.nats_url
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
+    if getattr(args, "processes", None) is not None:
+        overrides["processes"] = args.processes
     return Settings(**overrides)
 
 
@@ -108,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
     settings = build_settings(args)
     from worker import runner  # imported late: --help stays fast

@@ -8,8 +8,6 @@ log and fails fast on a fatal line or an early exit.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import re
 import shutil
 import signal
@@ -17,17 +15,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _detach() -> None:
-    """In the child: die with the parent (no orphan holding the store), ignore its terminal."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent still stops it on exit
-        pass
-
+from worker.processes import die_with_parent
 
 _LISTENING = re.compile(r"Listening for client connections on [^\s]*:(\d+)")
 
@@ -79,7 +67,7 @@ class NatsServer:
             "-sd", str(self.store_dir), "-l", str(self.log_path),
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the worker only; it stops the server after
-            preexec_fn=_detach,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         try:
             self.port = await asyncio.wait_for(self._await_ready(offset), timeout)

@@ -16,6 +16,7 @@ from worker.client import RunsApiError, RunsClient
 from worker.demo import demo_events
 from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
+from worker.processes import Siblings
 from worker.settings import Settings
 from worker.store.files import FileStore
 
@@ -65,9 +66,13 @@ def resolve_url(settings: Settings) -> str:
 
 
 async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool = False) -> int:
-    """The worker; with ``explainer``, the reference explainer in the same process."""
+    """The worker (and its sibling processes); with ``explainer``, the reference explainer in
+    the same process."""
     async with nats_endpoint(settings) as url:
         worker = Worker(settings, url)
+        siblings = Siblings(settings, url, settings.processes - 1)
+        worker.on_stopping.append(siblings.terminate)
+        await siblings.start(on_exit=worker.stop)
         started: list[ReferenceExplainer] = []
         helpers = asyncio.create_task(_when_ready(settings, url, started, demo, explainer))
         code = await worker.run()
@@ -77,7 +82,7 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
                 log.error("demo or explainer start failed: %r", outcome)
         for explaining in started:
             await explaining.app.stop()
-    return code
+        return max(code, await siblings.wait())
 
 
 async def run_explainer(settings: Settings) -> int:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     explain_max_attempts: int = Field(
         default=3, ge=1, description="requests per explanation before it is set ERROR timed out"
     )
+    processes: int = Field(
+        default=1, ge=1, le=64, description="worker processes sharing the data dir (one a core)"
+    )
     batch_size: int = Field(
         default=256, ge=1, le=1000, description="most events made durable by one group commit"
     )

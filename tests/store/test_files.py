@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from worker.errors import TransientError
 from worker.store.base import NewRun
 from worker.store.files import FileStore, encode
+from worker.store.workspace import Workspace
 
 
 def rid(n: int) -> str:
@@ -166,9 +168,23 @@ class TestAcrossProcesses:
             await second.open()
             assert not dead.exists()
             assert live.exists()
-            assert len(list((tmp_path / "tmp").iterdir())) == 3  # live, first's, second's
+            temp_dirs = [p for p in (tmp_path / "tmp").iterdir() if p.is_dir()]
+            assert len(temp_dirs) == 3  # live, first's, second's
             second.close()
         finally:
             release.set()
             holder.join(10)
             first.close()
+
+    def test_starting_together(self, tmp_path: Path) -> None:
+        """Workspaces opened at the same moment never sweep one another's fresh temp dir."""
+        for round_ in range(20):
+            root = tmp_path / str(round_)
+            spaces = [Workspace(root) for _ in range(6)]
+            with ThreadPoolExecutor(len(spaces)) as pool:
+                list(pool.map(lambda space: space.open([]), spaces))
+            try:
+                assert all(space.write_temp("x", b"x").exists() for space in spaces)
+            finally:
+                for space in spaces:
+                    space.close()

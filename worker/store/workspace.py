@@ -44,23 +44,31 @@ class Workspace:
         created = [self.root, self.tmp_root, *dirs]
         for path in created:
             path.mkdir(parents=True, exist_ok=True)
-        unfinished = self.sweep_leftovers()
-        self._dir = self.tmp_root / uuid.uuid4().hex
-        self._dir.mkdir()
-        self._lock_fd = os.open(self._dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        # Sweeping and taking a temp dir exclude each other across processes: a dir is never
+        # seen between its mkdir and its lock (it would look abandoned and be swept).
+        sweep_fd = os.open(self.tmp_root / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(sweep_fd, fcntl.LOCK_EX)
+            unfinished = self.sweep_leftovers()
+            self._dir = self.tmp_root / uuid.uuid4().hex
+            self._dir.mkdir()
+            self._lock_fd = os.open(self._dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        finally:
+            os.close(sweep_fd)  # releases the flock
         self._flusher = Flusher(self.root, use_syncfs=self._use_syncfs)
         self._flusher.flush(dirs={p.parent for p in created} | set(created))
         return unfinished
 
     def sweep_leftovers(self) -> list[str]:
-        """Remove the temp dirs of processes that are gone (their lock is free).
+        """Remove the temp dirs of processes that are gone (their lock is free); the caller
+        holds ``tmp/.sweep.lock``.
 
         Returns the names listed in their intents, read before the dirs are removed.
         """
         unfinished: list[str] = []
         for child in sorted(self.tmp_root.iterdir()):
-            if child == self._dir or _owner_alive(child):
+            if not child.is_dir() or child == self._dir or _owner_alive(child):
                 continue
             for intent in child.glob("*.intent"):
                 unfinished += intent.read_text().split()
