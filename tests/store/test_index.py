@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,23 @@ class TestRepair:
         second = FileStore(data)
         await second.open()
         assert len(await ids(second, Query(limit=500))) == 25
+        second.close()
+
+    async def test_index_of_another_version_rebuilt(self, tmp_path: Path) -> None:
+        """An index written by an older layout (another ``user_version``) is rebuilt at open."""
+        data = tmp_path / "data"
+        first = FileStore(data)
+        await first.open()
+        runs = [artifact(i) for i in range(12)]
+        await first.create_runs([NewRun(a["run_id"], a) for a in runs])
+        first.close()
+        with sqlite3.connect(data / "index.sqlite") as db:
+            db.execute("DROP TABLE runs")
+            db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, stale TEXT) WITHOUT ROWID")
+            db.execute("PRAGMA user_version=1")
+        second = FileStore(data)
+        await second.open()
+        assert sorted(await ids(second, Query(limit=500))) == sorted(a["run_id"] for a in runs)
         second.close()
 
     async def test_interrupted_commit_indexed(self, tmp_path: Path) -> None:

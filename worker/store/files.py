@@ -78,13 +78,12 @@ class FileStore:
         await asyncio.to_thread(self._open, rebuild_lost_index)
 
     def _open(self, rebuild_lost_index: bool) -> None:
-        fresh_index = not self.index.path.exists()
         parents = (self.runs_dir, self.blobs_dir, self.history_dir)
         shards = [parent / s for parent in parents for s in _SHARDS]
         unfinished = self.workspace.open(shards)
-        self.index.open()
+        fresh_index = self.index.open()
         if fresh_index and rebuild_lost_index and any(self._run_paths()):
-            log.warning("no index beside existing runs: rebuilding it from the artifacts")
+            log.warning("no index (of this version) beside the runs: rebuilding it from them")
             self.reindex()
         elif unfinished:
             found = [_load(p) for p in map(self.run_path, unfinished) if p.exists()]

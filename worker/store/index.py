@@ -46,15 +46,17 @@ EQUALITY_FILTERS = tuple(c for c in COLUMNS if c not in {"run_id", "created_at_u
 # Every equality filter has its own (filter, newest-first) index: without one, a filter on a rare
 # or absent value walks the whole table (measured: ~4 s at 1 M runs; bench/list_bench.py).
 _INDEXED = EQUALITY_FILTERS
+# 2: rows in a rowid table, appended in arrival order, with run_id in a unique index of its own.
+# (1, a WITHOUT ROWID table keyed by run_id, inserted each whole row at a random place: 30 % slower
+# writes at 100 k runs, bench/ingest_bench.py.) An index of another version is rebuilt.
+SCHEMA_VERSION = 2
 _SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS runs ("
+    "CREATE TABLE runs ("
     + ", ".join(f"{c} {'INTEGER' if c == 'revision' else 'TEXT'}" for c in COLUMNS)
-    + ", PRIMARY KEY (run_id)) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS runs_newest ON runs (created_at_utc DESC, run_id DESC)",
-    *(
-        f"CREATE INDEX IF NOT EXISTS runs_{c} ON runs ({c}, created_at_utc DESC, run_id DESC)"
-        for c in _INDEXED
-    ),
+    + ")",
+    "CREATE UNIQUE INDEX runs_run_id ON runs (run_id)",
+    "CREATE INDEX runs_newest ON runs (created_at_utc DESC, run_id DESC)",
+    *(f"CREATE INDEX runs_{c} ON runs ({c}, created_at_utc DESC, run_id DESC)" for c in _INDEXED),
 ]
 
 
@@ -87,15 +89,23 @@ class RunIndex:
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
 
-    def open(self) -> None:
+    def open(self) -> bool:
+        """Open (creating it when absent); True when the index is new and empty, or was of
+        another schema version and has been emptied: the caller rebuilds it."""
         self._db = self._connect()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         with self._transaction() as db:
-            for statement in _SCHEMA:
-                db.execute(statement)
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            fresh = version != SCHEMA_VERSION
+            if fresh:
+                db.execute("DROP TABLE IF EXISTS runs")  # its indexes go with it
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=ON")
+        return bool(fresh)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
