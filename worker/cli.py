@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from contracts.api import ListFilters
 from contracts.codes import DeadLetterCode
 from worker.settings import Settings
@@ -115,7 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
-    settings = build_settings(args)
+    try:
+        settings = build_settings(args)
+    except ValidationError as exc:  # a bad RMOS_* variable or flag: one line each, no traceback
+        for error in exc.errors(include_input=False):
+            field = ".".join(str(p) for p in error["loc"])
+            sys.stderr.write(f"rmos-runs: invalid setting {field} (RMOS_{field.upper()}): ")
+            sys.stderr.write(f"{error['msg']}\n")
+        return 2
     from worker import runner  # imported late: --help stays fast
 
     if args.command == "worker":
