@@ -40,6 +40,7 @@ from worker.core.timefmt import utc_now, utc_text
 from worker.errors import RejectedError, RevisionConflictError, TransientError
 from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Stored
+from worker.metrics import API_REQUESTS
 from worker.store.base import RunStore
 from worker.store.index import Query
 from worker.store.revisions import Change
@@ -114,6 +115,12 @@ class Api:
 
     async def handle(self, op: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The reply to one request; never raises."""
+        reply = await self._handle(op, body, headers)
+        code = reply.headers.get(ERROR_HEADER, "ok")
+        API_REQUESTS.inc(op if op in self._ops else "unknown", code)
+        return reply
+
+    async def _handle(self, op: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         handler = self._ops.get(op)
         try:
             if handler is None:

@@ -18,6 +18,7 @@ import nats.errors
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 
+from worker import metrics
 from worker.api import Api
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
@@ -82,6 +83,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], None]] = []
         self._sweeps_stop = asyncio.Event()
+        self._metrics: asyncio.Server | None = None
         self.on_stopping: list[Callable[[], None]] = []  # called first when the worker stops
         self._stopping = False
         self.failed = False
@@ -121,6 +123,10 @@ class Worker:
         await ensure_streams(js, subjects)
         await ensure_consumer(js, subjects.events_stream, events_consumer_config(self.settings))
         await ensure_consumer(js, subjects.explain_stream, patches_consumer_config(self.settings))
+        if self.settings.metrics_port is not None:
+            self._metrics = await metrics.serve(
+                self.settings.metrics_host, self.settings.metrics_port
+            )
 
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream
@@ -158,6 +164,8 @@ class Worker:
                 task.cancel()
 
     async def _after_shutdown(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
         self.store.close()
 
     def stop(self) -> None:

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -39,6 +38,7 @@ from worker.core.timefmt import utc_now
 from worker.errors import RejectedError
 from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Prepared, Stored
+from worker.metrics import DEAD_LETTERS, EVENTS, GROUP_COMMITS
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class DeadLetters:
             stream=self._subjects.dlq_stream,
             timeout=self._timeout,
         )
+        DEAD_LETTERS.inc(code)
 
     async def retry(self, msg: Msg, exc: BaseException) -> None:
         """Nak with a growing delay; on the last allowed delivery, dead-letter instead."""
@@ -136,7 +137,6 @@ class EventConsumer:
         self._dead_letters = dead_letters
         self._settings = settings
         self._stopping = asyncio.Event()
-        self.tally: Counter[str] = Counter()  # what happened to the events, for the stop line
 
     async def run(self) -> None:
         """Fetch, prepare and commit in a pipeline: batch N+1 is checked and built while batch
@@ -163,12 +163,12 @@ class EventConsumer:
                 await committing
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-            t = self.tally
             log.info(
                 "events consumer stopped: %d stored, %d duplicates, %d dead-lettered, "
                 "%d to retry, in %d group commits",
-                t["stored"], t["duplicate"], t["dead-lettered"], t["retry"], t["commits"],
-            )  # fmt: skip
+                *(EVENTS.value(o) for o in ("stored", "duplicate", "dead_lettered", "retried")),
+                GROUP_COMMITS.value(),
+            )
 
     def stop(self) -> None:
         """Stop fetching; the batches in hand are finished first."""
@@ -224,7 +224,7 @@ class EventConsumer:
                 await self.handle([m])
             return
         log.error("event at stream seq %s failed", msgs[0].metadata.sequence.stream, exc_info=exc)
-        self.tally["retry"] += 1
+        EVENTS.inc("retried")
         await together([self._dead_letters.retry(msgs[0], exc)])
 
     async def _commit(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
@@ -232,10 +232,10 @@ class EventConsumer:
             outcomes = await self._ingestor.commit(prepared)
         except Exception as exc:  # TransientError, or anything the store did not expect
             log.warning("batch of %d not stored: %s", len(msgs), exc)
-            self.tally["retry"] += len(msgs)
+            EVENTS.inc("retried", amount=len(msgs))
             await together(self._dead_letters.retry(m, exc) for m in msgs)
             return
-        self.tally["commits"] += 1
+        GROUP_COMMITS.inc()
         await together(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True))
 
     async def _settle(self, msg: Msg, outcome: Stored | RejectedError) -> None:
@@ -243,16 +243,16 @@ class EventConsumer:
             if isinstance(outcome, Stored):  # its explanation request goes out before the ack
                 await self._explanations.announce_created(outcome.run)
                 await msg.ack()
-                self.tally["duplicate" if outcome.duplicate else "stored"] += 1
+                EVENTS.inc("duplicate" if outcome.duplicate else "stored")
                 return
             await self._dead_letters.send_for(msg, outcome.code, outcome.detail)
         except Exception as exc:
             log.warning("publish for seq %s failed: %s", msg.metadata.sequence.stream, exc)
-            self.tally["retry"] += 1
+            EVENTS.inc("retried")
             await self._dead_letters.retry(msg, exc)
             return
         log.info("dead-lettered seq %s: %s", msg.metadata.sequence.stream, outcome)
-        self.tally["dead-lettered"] += 1
+        EVENTS.inc("dead_lettered")
         await msg.term()
 
 

@@ -24,6 +24,7 @@ from faststream.nats import NatsBroker
 from worker.core import lifecycle
 from worker.core.ingest import request_id_for
 from worker.core.timefmt import utc_now
+from worker.metrics import PATCHES, PATCHES_IGNORED
 from worker.settings import Settings
 from worker.store.base import RunStore
 from worker.store.index import Query
@@ -48,7 +49,6 @@ class Explanations:
         self._settings = settings
         self._subjects = settings.subjects
         self._clock = clock
-        self.patches_ignored = 0  # rmos_explain_patches_ignored_total
 
     async def _publish(self, subject: str, body: dict[str, Any], msg_id: str) -> None:
         await self._broker.publish(
@@ -125,20 +125,23 @@ class Explanations:
             return None
         run, changed = result
         decision = decided[-1]
+        patch = isinstance(messages[-1], lifecycle.Patch)
+        if patch and decision.kind != "ignored":
+            PATCHES.inc("applied" if changed else "repeated")
         if changed:
             if decision.publish_request:
                 await self.publish_request(run)
             await self.publish_status(run, decision.from_status)
-        elif decision.kind == "unchanged" and isinstance(messages[-1], lifecycle.Patch):
+        elif decision.kind == "unchanged" and patch:
             # A redelivered patch: the status of its transition may never have gone out (stored,
             # then a failed publish). Its message id makes a second copy stored once.
             await self.publish_status(run, "PENDING")
         elif decision.kind == "ignored":
-            self.patches_ignored += 1
+            PATCHES_IGNORED.inc()
             log.info(
                 "ignored (%s); rmos_explain_patches_ignored_total=%d",
                 decision.reason,
-                self.patches_ignored,
+                PATCHES_IGNORED.value(),
             )
         return run, decision
 

@@ -59,8 +59,10 @@ class Siblings:
             "--nats-url", self._url, "--data-dir", str(self._settings.data_dir),
             *(["--verbose"] if logging.getLogger().isEnabledFor(logging.DEBUG) else []),
         ]  # fmt: skip
-        env = {**os.environ, "RMOS_PROCESSES": "1"}
-        for _ in range(self._count):
+        for i in range(1, self._count + 1):
+            env = {**os.environ, "RMOS_PROCESSES": "1"}
+            if self._settings.metrics_port is not None:  # a port each: counters are per process
+                env["RMOS_METRICS_PORT"] = str(self._settings.metrics_port + i)
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     explain_max_attempts: int = Field(
         default=3, ge=1, description="requests per explanation before it is set ERROR timed out"
     )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve GET /metrics here (siblings: +1, +2, ...)"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="address the metrics port binds")
     processes: int = Field(
         default=1, ge=1, le=64, description="worker processes sharing the data dir (one a core)"
     )
