@@ -620,12 +620,6 @@ async def ingest_rep(
     extra: dict[str, float] = {}
     if stored:
         extra["populate s"] = await populate(data_dir, stored, "stored", cfg.integral_floats)
-        # A store of that size has long been on disk, not a few hundred MB of dirty pages that
-        # the worker's first syncfs would have to write: flush them, then let the machine settle.
-        started = time.perf_counter()
-        await asyncio.to_thread(os.sync)
-        extra["flush s"] = time.perf_counter() - started
-        await wait_quiet(cfg.quiet_s)
     async with (
         nats_server(work / "nats") as server,
         running_worker(server.url, data_dir, work / "worker.log", processes) as worker,
