@@ -84,40 +84,46 @@ class TestQuery:
         assert seen == sorted((a["run_id"] for a in runs), reverse=True)
 
 
+async def stored_then_closed(data: Path, count: int) -> list[dict[str, Any]]:
+    """``count`` runs created in a store on ``data``, which is closed again."""
+    store = FileStore(data)
+    await store.open()
+    runs = [artifact(i) for i in range(count)]
+    await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+    store.close()
+    return runs
+
+
+async def ids_after_reopen(data: Path) -> list[str]:
+    """Every run id the index lists once a new store has opened ``data``."""
+    store = FileStore(data)
+    await store.open()
+    try:
+        return await ids(store, Query(limit=500))
+    finally:
+        store.close()
+
+
 class TestRepair:
     """The index is a projection: it is rebuilt or repaired from the artifacts."""
 
     async def test_missing_index_rebuilt(self, tmp_path: Path) -> None:
         """A data dir whose index was lost gets it rebuilt at open."""
         data = tmp_path / "data"
-        first = FileStore(data)
-        await first.open()
-        runs = [artifact(i) for i in range(25)]
-        await first.create_runs([NewRun(a["run_id"], a) for a in runs])
-        first.close()
+        await stored_then_closed(data, 25)
         for path in data.glob("index.sqlite*"):
             path.unlink()
-        second = FileStore(data)
-        await second.open()
-        assert len(await ids(second, Query(limit=500))) == 25
-        second.close()
+        assert len(await ids_after_reopen(data)) == 25
 
     async def test_index_of_another_version_rebuilt(self, tmp_path: Path) -> None:
         """An index written by an older layout (another ``user_version``) is rebuilt at open."""
         data = tmp_path / "data"
-        first = FileStore(data)
-        await first.open()
-        runs = [artifact(i) for i in range(12)]
-        await first.create_runs([NewRun(a["run_id"], a) for a in runs])
-        first.close()
+        runs = await stored_then_closed(data, 12)
         with sqlite3.connect(data / "index.sqlite") as db:
             db.execute("DROP TABLE runs")
             db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, stale TEXT) WITHOUT ROWID")
             db.execute("PRAGMA user_version=1")
-        second = FileStore(data)
-        await second.open()
-        assert sorted(await ids(second, Query(limit=500))) == sorted(a["run_id"] for a in runs)
-        second.close()
+        assert sorted(await ids_after_reopen(data)) == sorted(a["run_id"] for a in runs)
 
     async def test_interrupted_commit_indexed(self, tmp_path: Path) -> None:
         """Runs linked by a process that died before its index transaction get indexed."""
