@@ -25,4 +25,5 @@ class ApiErrorCode(StrEnum):
     BLOB_NOT_FOUND = "BLOB_NOT_FOUND"
     REVISION_CONFLICT = "REVISION_CONFLICT"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNAVAILABLE = "UNAVAILABLE"  # a passing condition: the store fails or an index rebuilds
     INTERNAL = "INTERNAL"

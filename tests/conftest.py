@@ -1,4 +1,8 @@
-"""Fixtures shared by the integration and fault tiers: a real nats-server per test."""
+"""Fixtures shared by the integration and fault tiers: a real nats-server per test.
+
+A test or class marked ``BOTH_STORES`` (``tests.support``) runs twice: against one nats-server
+with the files store, and against a fresh 3-node JetStream cluster with the jetstream store.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import pytest
 
 from tests.support import WorkerProcess
 from worker.client import RunsClient
+from worker.nats_cluster import NatsCluster
 from worker.nats_server import NatsServer
 
 
@@ -23,9 +28,24 @@ async def _reap_workers() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    """A fresh nats-server with JetStream on a random loopback port, its own store dir."""
-    server = NatsServer(tmp_path / "nats")
+def store(request: pytest.FixtureRequest) -> str:
+    """The store the test's workers use: ``files`` unless parametrized (``BOTH_STORES``)."""
+    return str(getattr(request, "param", "files"))
+
+
+@pytest.fixture
+def store_env(store: str) -> dict[str, str]:
+    """The environment that makes a worker use the test's store."""
+    return {"RMOS_STORE": store} if store != "files" else {}
+
+
+@pytest.fixture
+async def nats_server(store: str, tmp_path: Path) -> AsyncIterator[NatsServer | NatsCluster]:
+    """A fresh nats-server with JetStream on a random loopback port, its own store dir; for the
+    jetstream store a fresh 3-node cluster (``url`` lists its nodes)."""
+    server: NatsServer | NatsCluster = (
+        NatsCluster(tmp_path / "cluster") if store == "jetstream" else NatsServer(tmp_path / "nats")
+    )
     await server.start()
     try:
         yield server
@@ -44,10 +64,10 @@ async def client(nats_server: NatsServer) -> AsyncIterator[RunsClient]:
 
 @pytest.fixture
 async def worker(
-    nats_server: NatsServer, client: RunsClient, tmp_path: Path
+    nats_server: NatsServer, client: RunsClient, tmp_path: Path, store_env: dict[str, str]
 ) -> AsyncIterator[WorkerProcess]:
     """A ready worker process on the test's server, data under ``tmp_path/data``."""
-    proc = WorkerProcess(nats_server.url, tmp_path / "data")
+    proc = WorkerProcess(nats_server.url, tmp_path / "data", env=store_env)
     await proc.start(client)
     try:
         yield proc

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import nats.js.errors
+import pytest
 from nats.js import JetStreamContext
 
 from worker.client import RunsApiError, RunsClient
@@ -20,6 +21,9 @@ from worker.client import RunsApiError, RunsClient
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
+# Runs a test (or every test of a class) once per store: a files store on one nats-server, and a
+# jetstream store on a fresh 3-node cluster (the ``store`` fixture of tests/conftest.py).
+BOTH_STORES = pytest.mark.parametrize("store", ["files", "jetstream"], indirect=True)
 PROBE_RUN = "run_" + "0" * 32
 
 
@@ -179,6 +183,14 @@ async def wait_settled(js: JetStreamContext, timeout: float = 30.0) -> None:
 
 def run_files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / "runs").glob("*/*.json"))
+
+
+async def run_count(client: RunsClient, data_dir: Path) -> int:
+    """Runs in the worker's store: artifact files in its data dir (files store), else keys of
+    the ``RMOS_RUNS`` bucket (jetstream store; one value a key)."""
+    if (data_dir / "runs").exists():
+        return len(run_files(data_dir))
+    return (await client.js.stream_info("KV_RMOS_RUNS")).state.messages
 
 
 def temp_files(data_dir: Path) -> list[Path]:

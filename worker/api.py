@@ -136,7 +136,7 @@ class Api:
                 ApiErrorCode.REVISION_CONFLICT, str(exc), expected=exc.expected, actual=exc.actual
             )
         except TransientError as exc:
-            return _error(ApiErrorCode.INTERNAL, f"{exc}; try again", retryable=True)
+            return _error(ApiErrorCode.UNAVAILABLE, f"{exc}; try again", retryable=True)
         except Exception:
             log.exception("api.%s failed", op)
             return _error(ApiErrorCode.INTERNAL, "internal error; see the worker's log")

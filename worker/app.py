@@ -17,21 +17,27 @@ from typing import Any
 import nats.errors
 from faststream import FastStream
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from nats.js import JetStreamContext
 
 from worker import metrics
 from worker.api import Api
+from worker.connection import servers
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
 from worker.ingest import Ingestor
 from worker.jetstream import (
+    PlacementError,
     ensure_consumer,
+    ensure_replicated,
     ensure_streams,
     events_consumer_config,
     patches_consumer_config,
 )
 from worker.patches import PatchConsumer
 from worker.settings import Settings
+from worker.store.base import RunStore
 from worker.store.files import FileStore
+from worker.store.jetstream import JetStreamStore
 
 log = logging.getLogger(__name__)
 API_QUEUE = "rmos-worker-api"
@@ -59,7 +65,7 @@ class Worker:
     def __init__(self, settings: Settings, nats_url: str) -> None:
         self.settings = settings
         self.broker = _Broker(
-            nats_url,
+            servers(nats_url),
             max_reconnect_attempts=-1,  # nats-py's default gives up after 60 tries, then spins
             reconnect_time_wait=1,
             closed_cb=self._on_closed,
@@ -73,7 +79,7 @@ class Worker:
             on_shutdown=[self._on_shutdown],
             after_shutdown=[self._after_shutdown],
         )
-        self.store = FileStore(settings.data_dir)
+        self.store = make_store(settings, lambda: self.broker.config.connection_state.stream)
         self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
         self.dead_letters = DeadLetters(self.broker, settings)
         self.explanations = Explanations(self.store, self.broker, settings)
@@ -116,11 +122,20 @@ class Worker:
             self.stop()
 
     async def _on_startup(self) -> None:
-        await self.store.open()
+        if isinstance(self.store, FileStore):
+            await self.store.open()  # temp files swept before anything else
         await self.broker.connect()
         js = self.broker.config.connection_state.stream
         subjects = self.settings.subjects
-        await ensure_streams(js, subjects)
+
+        async def declare(replicas: int) -> None:
+            await ensure_streams(js, subjects, replicas)
+            if isinstance(self.store, JetStreamStore):
+                self.store.replicas = replicas
+                await self.store.open()
+
+        jetstream_store = isinstance(self.store, JetStreamStore)
+        await ensure_replicated(declare, self.settings.store_replicas, 3 if jetstream_store else 1)
         await ensure_consumer(js, subjects.events_stream, events_consumer_config(self.settings))
         await ensure_consumer(js, subjects.explain_stream, patches_consumer_config(self.settings))
         if self.settings.metrics_port is not None:
@@ -135,15 +150,22 @@ class Worker:
         )
         patches = PatchConsumer(js, self.explanations, self.dead_letters, self.settings)
         self._stops = [events.stop, patches.stop, self._sweeps_stop.set]
-        for name, job in (
+        jobs = [
             ("events-consumer", events.run()),
             ("patches-consumer", patches.run()),
             ("explanation-sweeps", self.explanations.run_sweeps(self._sweeps_stop)),
-        ):
+        ]
+        if isinstance(self.store, JetStreamStore):
+            jobs.append(("list-projection", self.store.projection.run(self._sweeps_stop)))
+        for name, job in jobs:
             task = asyncio.create_task(job, name=name)
             task.add_done_callback(self._on_task_done)
             self._tasks.append(task)
-        log.info("rmos-runs worker ready: data dir %s", self.settings.data_dir)
+        log.info(
+            "rmos-runs worker ready: %s store, data dir %s",
+            self.settings.store,
+            self.settings.data_dir,
+        )
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -174,6 +196,20 @@ class Worker:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT or a closed connection; the exit code (0 after a clean stop)."""
-        with suppress(asyncio.CancelledError):
-            await self.app.run()
+        try:
+            with suppress(asyncio.CancelledError):
+                await self.app.run()
+        except PlacementError as exc:
+            log.error("cannot start: %s", exc)
+            await self.broker.stop()
+            return 1
         return 1 if self.failed else 0
+
+
+def make_store(settings: Settings, js_of: Callable[[], JetStreamContext]) -> RunStore:
+    """The store ``settings.store`` names (CONTRACT section 8)."""
+    if settings.store == "jetstream":
+        return JetStreamStore(
+            js_of, settings.subjects, settings.data_dir, timeout=settings.publish_timeout_s
+        )
+    return FileStore(settings.data_dir)

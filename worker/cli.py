@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--processes", type=int, help="worker processes on this data dir (env RMOS_PROCESSES)"
     )
+    worker.add_argument(
+        "--store", choices=["files", "jetstream"], help="where runs live (env RMOS_STORE)"
+    )
 
     explainer = commands.add_parser("explainer", help="run the reference explainer service")
     _common(explainer)
@@ -106,8 +109,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
         overrides["nats_url"] = args.nats_url
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
-    if getattr(args, "processes", None) is not None:
-        overrides["processes"] = args.processes
+    for name in ("processes", "store"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     return Settings(**overrides)
 
 

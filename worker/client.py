@@ -35,6 +35,7 @@ from contracts.api import (
     VerifyReport,
 )
 from contracts.subjects import Subjects
+from worker.connection import servers
 
 
 class RunsApiError(Exception):
@@ -71,7 +72,8 @@ class RunsClient:
         does not succeed within ``2 × timeout`` (nats-py alone would retry for ever)."""
         try:
             nc = await asyncio.wait_for(
-                nats.connect(url, max_reconnect_attempts=-1, connect_timeout=timeout), 2 * timeout
+                nats.connect(servers(url), max_reconnect_attempts=-1, connect_timeout=timeout),
+                2 * timeout,
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from exc

@@ -25,6 +25,7 @@ import nats.js.errors
 from contracts.api import ListFilters, RunSummary
 from contracts.subjects import Subjects
 from worker.client import RunsApiError, RunsClient
+from worker.connection import servers
 from worker.dlq import dlq_list, dlq_replay
 from worker.output import CommandError, emit, flatten, json_line, key_values, note, table
 from worker.settings import Settings
@@ -188,7 +189,7 @@ async def connect(settings: Settings, timeout: float) -> RunsClient:
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                url,
+                servers(url),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,

@@ -3,6 +3,7 @@
 WorkerError
 ├── RejectedError      refused for good: a dead letter (stream) or an error reply (API)
 └── TransientError     a passing cause (disk full, lost connection): nak with a growing delay
+    └── UnavailableError   not ready to answer (an index rebuilding or behind): retry later
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class RejectedError(WorkerError):
 
 class TransientError(WorkerError):
     """A failure that may pass; the message is handed back for a later delivery."""
+
+
+class UnavailableError(TransientError):
+    """The store cannot answer yet, e.g. the ``list`` index is rebuilding or behind."""
 
 
 class RevisionConflictError(WorkerError):

@@ -24,6 +24,7 @@ from nats.js.api import ConsumerConfig
 
 from contracts.subjects import EXPLAINER_CONSUMER, Subjects
 from worker.client import RunsClient
+from worker.connection import servers
 from worker.core.timefmt import utc_now, utc_text
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ class ReferenceExplainer:
     def __init__(self, nats_url: str, subjects: Subjects, model: Model | None = None) -> None:
         self.subjects = subjects
         self.model = model or RuleModel()
-        self.broker = NatsBroker(nats_url, max_reconnect_attempts=-1, log_level=logging.DEBUG)
+        self.broker = NatsBroker(
+            servers(nats_url), max_reconnect_attempts=-1, log_level=logging.DEBUG
+        )
         self.app = FastStream(self.broker)
         self.broker.subscriber(
             subjects.explain_requested,

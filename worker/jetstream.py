@@ -8,6 +8,7 @@ declared here explicitly, with ``add_consumer`` doubling as the update of an exi
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -18,7 +19,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 
 from contracts.subjects import EVENTS_CONSUMER, PATCHES_CONSUMER, Subjects
 from worker.settings import Settings
@@ -27,7 +28,14 @@ log = logging.getLogger(__name__)
 DUPLICATE_WINDOW_S = 120.0
 
 
-def stream_configs(subjects: Subjects) -> list[StreamConfig]:
+NOT_CLUSTERED = 10074  # JSStreamReplicasNotSupportedErr: replicas > 1 on a single server
+
+
+class PlacementError(RuntimeError):
+    """JetStream cannot hold the streams as configured (replicas, resources): a start-up error."""
+
+
+def stream_configs(subjects: Subjects, replicas: int = 1) -> list[StreamConfig]:
     """File storage, limits retention, a 2-minute duplicate window, one subject filter each."""
     return [
         StreamConfig(
@@ -36,6 +44,7 @@ def stream_configs(subjects: Subjects) -> list[StreamConfig]:
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=replicas,
         )
         for name, subject in subjects.streams().items()
     ]
@@ -64,14 +73,34 @@ def durable_config(name: str, subject: str, settings: Settings) -> ConsumerConfi
     )
 
 
-async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+async def ensure_streams(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
     """Create each stream, or bring an existing one back to this configuration."""
-    for config in stream_configs(subjects):
+    for config in stream_configs(subjects, replicas):
         try:
             await js.add_stream(config)
-        except BadRequestError:
+        except BadRequestError as exc:
+            if exc.err_code == NOT_CLUSTERED:
+                raise
             log.warning("stream %s exists with another configuration: updating it", config.name)
             await js.update_stream(config)
+
+
+async def ensure_replicated(
+    declare: Callable[[int], Awaitable[None]], replicas: int | None, default: int
+) -> int:
+    """Run ``declare(replicas)``; unset replicas are ``default``, or 1 on a single server.
+    Returns the replicas used; ``PlacementError`` when the server cannot place them."""
+    wanted = replicas or default
+    try:
+        await declare(wanted)
+    except APIError as exc:
+        if replicas is None and exc.err_code == NOT_CLUSTERED and wanted > 1:
+            log.info("a single NATS server: streams and buckets get 1 replica, not %d", wanted)
+            return await ensure_replicated(declare, 1, 1)
+        raise PlacementError(
+            f"JetStream cannot hold the streams with {wanted} replicas: {exc.description}"
+        ) from exc
+    return wanted
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

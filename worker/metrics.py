@@ -1,6 +1,7 @@
 """Counters of one worker process, served for Prometheus when ``RMOS_METRICS_PORT`` is set.
 
-Counters only: what a worker did, by outcome; rates, ratios and alerts are the scraper's work.
+Counters of what a worker did, by outcome, and gauges of where it stands (the ``list`` projection's
+lag); rates, ratios and alerts are the scraper's work.
 The text exposition format (version 0.0.4) is written here by hand: it is a few lines, and the
 project's packages have no Prometheus client. Each process has its own counters and its own
 port: with ``--processes N``, sibling *i* serves on ``RMOS_METRICS_PORT + i`` (scrape them all;
@@ -22,6 +23,8 @@ _READ_TIMEOUT_S = 5.0
 class Counter:
     """A monotonic count, split by the values of its labels."""
 
+    kind = "counter"
+
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         self.name = name
         self.help = help_text
@@ -37,7 +40,7 @@ class Counter:
         return self._values.get(label_values, 0.0)
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} counter"]
+        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
         if not self.labels:
             lines.append(f"{self.name} {_number(self.value())}")
         for values, count in sorted(self._values.items()):
@@ -49,6 +52,15 @@ class Counter:
         return lines
 
 
+class Gauge(Counter):
+    """A value that goes up and down."""
+
+    kind = "gauge"
+
+    def set(self, *label_values: str, value: float) -> None:
+        self.inc(*label_values, amount=value - self.value(*label_values))
+
+
 class Registry:
     """The counters of this process, rendered together."""
 
@@ -56,10 +68,18 @@ class Registry:
         self._counters: dict[str, Counter] = {}
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
-        if name in self._counters:
-            raise ValueError(f"counter {name} registered twice")
-        self._counters[name] = Counter(name, help_text, labels)
-        return self._counters[name]
+        return self._add(Counter(name, help_text, labels))
+
+    def gauge(self, name: str, help_text: str) -> Gauge:
+        gauge = Gauge(name, help_text)
+        self._add(gauge)
+        return gauge
+
+    def _add(self, metric: Counter) -> Counter:
+        if metric.name in self._counters:
+            raise ValueError(f"metric {metric.name} registered twice")
+        self._counters[metric.name] = metric
+        return metric
 
     def render(self) -> str:
         return "".join(line + "\n" for c in self._counters.values() for line in c.render())
@@ -100,6 +120,16 @@ API_REQUESTS = REGISTRY.counter(
     "rmos_api_requests_total", "API requests answered, by op and by code (ok or the error).",
     ("op", "code"),
 )  # fmt: skip
+
+
+PROJECTION_LAG = REGISTRY.gauge(
+    "rmos_projection_lag_messages",
+    "Messages of the runs bucket not yet applied to this host's list index (jetstream store).",
+)
+PROJECTION_LAG_SECONDS = REGISTRY.gauge(
+    "rmos_projection_lag_seconds",
+    "Age of the newest change applied to this host's list index when it was applied; 0 idle.",
+)
 
 
 async def serve(host: str, port: int, registry: Registry = REGISTRY) -> asyncio.Server:

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,11 +40,17 @@ class NatsServer:
     """One nats-server process with JetStream; ``port=None`` picks a free port on first start."""
 
     def __init__(
-        self, store_dir: Path, *, port: int | None = None, host: str = "127.0.0.1"
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.store_dir = store_dir
         self.host = host
         self.port = port
+        self.extra_args = tuple(extra_args)
         self.log_path = store_dir / "nats-server.log"
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -64,7 +71,7 @@ class NatsServer:
         port = str(self.port) if self.port is not None else "-1"
         self._proc = await asyncio.create_subprocess_exec(
             find_binary(), "-a", self.host, "-p", port, "-js",
-            "-sd", str(self.store_dir), "-l", str(self.log_path),
+            "-sd", str(self.store_dir), "-l", str(self.log_path), *self.extra_args,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches the worker only; it stops the server after
             preexec_fn=die_with_parent,

@@ -57,6 +57,7 @@ class Siblings:
         command = [
             sys.executable, "-m", "worker.cli", "worker",
             "--nats-url", self._url, "--data-dir", str(self._settings.data_dir),
+            "--store", self._settings.store,
             *(["--verbose"] if logging.getLogger().isEnabledFor(logging.DEBUG) else []),
         ]  # fmt: skip
         for i in range(1, self._count + 1):

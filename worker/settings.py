@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +19,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RMOS_", extra="ignore", frozen=True)
 
     nats_url: str | None = Field(
-        default=None, description="NATS server URL; unset: start an embedded nats-server"
+        default=None,
+        description="NATS server URL, or a comma-separated list; unset: an embedded nats-server",
+    )
+    store: Literal["files", "jetstream"] = Field(
+        default="files",
+        description="where runs and blobs live: the data dir, or JetStream (CONTRACT section 8)",
+    )
+    store_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="replicas of the JetStream store and streams; unset: 3 on a cluster, else 1",
     )
     data_dir: Path = Field(
         default=Path("data"), description="artifacts, blobs and the embedded server's store"

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from tests.support import WorkerProcess
+from tests.support import BOTH_STORES, WorkerProcess
 from worker.client import RunsApiError, RunsClient
 
 pytestmark = pytest.mark.integration
@@ -27,6 +27,7 @@ class TestClient:
         with pytest.raises(ConnectionError, match="cannot reach NATS"):
             await RunsClient.connect(f"nats://127.0.0.1:{unused_port()}", timeout=0.5)
 
+    @BOTH_STORES
     async def test_blob_over_max_payload(self, worker: WorkerProcess, client: RunsClient) -> None:
         """A blob the server could never carry is refused locally, with the contract's code."""
         with pytest.raises(RunsApiError) as info:

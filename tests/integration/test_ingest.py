@@ -16,12 +16,13 @@ from contracts.api import BlobStored, CreateResult
 from contracts.canonical import derive_run_id, sha256_json
 from contracts.models import RunArtifact
 from tests.support import (
+    BOTH_STORES,
     WorkerProcess,
     attached_blob,
     dead_letters,
     event,
     eventually,
-    run_files,
+    run_count,
     stored,
     wait_settled,
 )
@@ -33,6 +34,7 @@ from worker.nats_server import NatsServer
 pytestmark = pytest.mark.integration
 
 
+@BOTH_STORES
 class TestIngest:
     """Events published on the stream become durable artifacts."""
 
@@ -62,7 +64,7 @@ class TestIngest:
         await wait_settled(client.js)
         assert await client.get(first["run_id"]) == first
         assert await dead_letters(client.js) == []
-        assert len(run_files(worker.data_dir)) == 1
+        assert await run_count(client, worker.data_dir) == 1
 
     async def test_run_id_conflict(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Another event claiming a stored run id is dead-lettered; the artifact is untouched."""
@@ -129,7 +131,7 @@ class TestIngest:
             assert 0 < len(body["detail"]) <= 4096
             assert headers["Nats-Msg-Id"] == f"dlq:RMOS_RUN_EVENTS:{seqs[code]}"
         assert "run_id" in letters["SCHEMA_VIOLATION"][0]["detail"]
-        assert len(run_files(worker.data_dir)) == 1
+        assert await run_count(client, worker.data_dir) == 1
 
 
 class TestRedelivery:
@@ -210,6 +212,7 @@ class TestRedelivery:
         assert await proc.terminate() == 0
 
 
+@BOTH_STORES
 class TestApi:
     """``get`` and ``create`` answer every request."""
 
@@ -296,6 +299,7 @@ class TestLifecycle:
         assert await proc.terminate() == 0
 
 
+@BOTH_STORES
 class TestAttachments:
     """Content-addressed blobs, and events that refer to them."""
 

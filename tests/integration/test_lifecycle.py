@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from contracts.canonical import derive_run_id
 from tests.faults.crashing_worker import CRASHED
-from tests.support import WorkerProcess, dead_letters, event, eventually, stored
+from tests.support import BOTH_STORES, WorkerProcess, dead_letters, event, eventually, stored
 from worker.client import RunsApiError, RunsClient
 from worker.nats_server import NatsServer
 
@@ -84,6 +84,7 @@ async def blocked_run(client: RunsClient, event_id: str = "blk") -> dict[str, An
     return await stored(client, derive_run_id("engine-a", event_id))
 
 
+@BOTH_STORES
 class TestLifecycle:
     """NONE → PENDING → READY | ERROR, never backwards for late or repeated messages."""
 
@@ -165,6 +166,7 @@ class TestLifecycle:
 class TestDeadlinesAndCrashes:
     """Requests are retried past the deadline and survive a crash before they are sent."""
 
+    @BOTH_STORES
     async def test_deadline(
         self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
     ) -> None:
@@ -206,6 +208,7 @@ class TestDeadlinesAndCrashes:
         assert await proc.terminate() == 0
 
 
+@BOTH_STORES
 class TestReferenceExplainer:
     """The full loop: worker, two reference explainer processes, a stream of runs."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from contracts.api import ListPage
 from contracts.canonical import derive_run_id
-from tests.support import WorkerProcess, event, wait_settled
+from tests.support import BOTH_STORES, WorkerProcess, event, wait_settled
 from worker.client import RunsApiError, RunsClient
 
 pytestmark = pytest.mark.integration
@@ -39,6 +39,7 @@ async def all_pages(client: RunsClient, limit: int, **filters: object) -> list[l
     raise AssertionError("too many pages")
 
 
+@BOTH_STORES
 class TestList:
     """Summaries newest first, every filter, cursor edges."""
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from contracts.canonical import derive_run_id
-from tests.support import WorkerProcess, attached_blob, event, stored
+from tests.support import BOTH_STORES, WorkerProcess, attached_blob, event, stored
 from worker.client import RunsApiError, RunsClient
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,7 @@ async def publish(client: RunsClient, event_id: str, **fields: Any) -> dict[str,
     return await stored(client, derive_run_id("engine-a", event_id))
 
 
+@BOTH_STORES
 class TestDiff:
     """Changes between runs, with the contract's severity."""
 
@@ -61,6 +62,7 @@ class TestVerify:
         ref = await attached_blob(client, b"G21 G90 G1 X1")
         return await publish(client, "att", attachments=[ref]), ref["sha256"]
 
+    @BOTH_STORES
     async def test_valid(self, worker: WorkerProcess, client: RunsClient) -> None:
         """An untouched run passes every check, attachments included."""
         run, _ = await self.attached(client)
@@ -111,6 +113,7 @@ class TestVerify:
         assert report.valid is False
         assert report.checks[0].name == "artifact"
 
+    @BOTH_STORES
     async def test_unknown_run(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Verifying a run that does not exist is RUN_NOT_FOUND."""
         with pytest.raises(RunsApiError) as info:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from contracts.canonical import derive_run_id
-from tests.support import WorkerProcess, event, stored
+from tests.support import BOTH_STORES, WorkerProcess, event, stored
 from worker.client import RunsApiError, RunsClient
 from worker.nats_server import NatsServer
 
@@ -21,6 +21,7 @@ async def a_run(client: RunsClient, event_id: str = "evt-meta", **fields: Any) -
     return await stored(client, derive_run_id("engine-a", event_id))
 
 
+@BOTH_STORES
 class TestPatchMeta:
     """Meta changes are revisions; the immutable core never moves."""
 
@@ -93,6 +94,7 @@ class TestPatchMeta:
 class TestConcurrency:
     """No lost update, whoever the writers are."""
 
+    @BOTH_STORES
     async def test_fifty_concurrent_patches(
         self, worker: WorkerProcess, client: RunsClient
     ) -> None:
@@ -108,6 +110,7 @@ class TestConcurrency:
             range(1, 52)
         )
 
+    @BOTH_STORES
     async def test_compare_and_swap_race(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Ten writers expecting revision 1: exactly one wins, the others get a conflict."""
         run = await a_run(client)

@@ -16,7 +16,8 @@ import pytest
 
 from worker.errors import TransientError
 from worker.store.base import NewRun
-from worker.store.files import FileStore, encode
+from worker.store.files import FileStore
+from worker.store.revisions import encode
 from worker.store.workspace import Workspace
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.store.base import NewRun
-from worker.store.files import FileStore, encode
+from worker.store.files import FileStore
 from worker.store.index import Query
+from worker.store.revisions import encode
 
 
 def artifact(n: int, **fields: Any) -> dict[str, Any]:

@@ -11,18 +11,22 @@ failed check whose ``actual`` (or ``expected``) says why in words, and every ``e
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from contracts.canonical import MAX_SAFE_INTEGER, sha256_json
+from contracts.models import SHA256_PATTERN
 from worker.core.ingest import content_sha256
 
 BlobFacts = tuple[str, int] | None
 """What the caller found for one blob: ``(sha256 of its bytes, size)``, or None when missing."""
 
 _TEXT_LIMIT: Final = 200
+_SHA256 = re.compile(SHA256_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,24 @@ def verify_artifact(
     if "attachments" in document:
         checks.extend(_attachment_checks(document["attachments"], blobs))
     return checks
+
+
+def parse_stored(data: bytes) -> dict[str, Any] | Check:
+    """The stored document, or the failed check saying that its bytes are not JSON at all."""
+    try:
+        document: dict[str, Any] = json.loads(data)
+    except ValueError as exc:
+        return Check("artifact", False, "a JSON object", f"not JSON: {exc}")
+    return document
+
+
+def attachment_hashes(artifact: Any) -> set[str]:
+    """The well-formed blob hashes an artifact names (a tampered one may name anything)."""
+    entries = artifact.get("attachments") if isinstance(artifact, dict) else None
+    if not isinstance(entries, list):
+        return set()
+    hashes = (e.get("sha256") for e in entries if isinstance(e, dict))
+    return {h for h in hashes if isinstance(h, str) and _SHA256.fullmatch(h)}
 
 
 def _run_id_check(document: dict[str, Any], run_id: str) -> Check:

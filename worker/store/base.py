@@ -44,6 +44,9 @@ class RunStore(Protocol):
     async def open(self) -> None:
         """Create the layout and remove leftovers of a crash; before the first message."""
 
+    def close(self) -> None:
+        """Release local resources (files, the index); after the last message."""
+
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The stored artifact, or None."""
 

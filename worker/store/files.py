@@ -33,11 +33,11 @@ import aiofiles
 from contracts.canonical import sha256_file, sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
 from worker.core.timefmt import utc_now
-from worker.core.verify import Check, verify_artifact
+from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
 from worker.errors import TransientError
 from worker.store.base import BlobInfo, Created, NewRun
 from worker.store.index import Query, RunIndex
-from worker.store.revisions import Decide, Revisions
+from worker.store.revisions import Decide, Revisions, encode
 from worker.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _SHA256 = re.compile(SHA256_PATTERN)
 _SHARDS = [f"{i:02x}" for i in range(256)]
-
-
-def encode(document: dict[str, Any]) -> bytes:
-    """The bytes a document is stored as: compact JSON, sorted keys, UTF-8."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def _read(path: Path) -> bytes | None:
@@ -146,14 +141,12 @@ class FileStore:
 
     def _verify(self, run_id: str) -> list[Check] | None:
         try:
-            data = self.run_path(run_id).read_bytes()
+            artifact = parse_stored(self.run_path(run_id).read_bytes())
         except FileNotFoundError:
             return None
-        try:
-            artifact = json.loads(data)
-        except ValueError as exc:
-            return [Check("artifact", False, "a JSON object", f"not JSON: {exc}")]
-        blobs = {sha: self._blob_facts(sha) for sha in _attachment_hashes(artifact)}
+        if isinstance(artifact, Check):
+            return [artifact]
+        blobs = {sha: self._blob_facts(sha) for sha in attachment_hashes(artifact)}
         return verify_artifact(artifact, blobs, run_id=run_id)
 
     def _blob_facts(self, sha256: str) -> tuple[str, int] | None:
@@ -253,15 +246,6 @@ class FileStore:
         info = await self.get_blob_info(sha256)
         data = await _read(self.blob_path(sha256)) if info is not None else None
         return None if data is None or info is None else (data, info)
-
-
-def _attachment_hashes(artifact: Any) -> set[str]:
-    """The well-formed blob hashes an artifact names (a tampered one may name anything)."""
-    entries = artifact.get("attachments") if isinstance(artifact, dict) else None
-    if not isinstance(entries, list):
-        return set()
-    hashes = (e.get("sha256") for e in entries if isinstance(e, dict))
-    return {h for h in hashes if isinstance(h, str) and _SHA256.fullmatch(h)}
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -59,6 +59,12 @@ _SCHEMA = [
     *(f"CREATE INDEX runs_{c} ON runs ({c}, created_at_utc DESC, run_id DESC)" for c in _INDEXED),
 ]
 
+# Where a projection fed from a stream stands (``projection``): one row per key, in the same
+# transaction as the rows it applied.
+_PROJECTION_STATE = (
+    "CREATE TABLE IF NOT EXISTS projection (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Query:
@@ -100,9 +106,11 @@ class RunIndex:
             fresh = version != SCHEMA_VERSION
             if fresh:
                 db.execute("DROP TABLE IF EXISTS runs")  # its indexes go with it
+                db.execute("DROP TABLE IF EXISTS projection")
                 for statement in _SCHEMA:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute(_PROJECTION_STATE)
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=ON")
         return bool(fresh)
@@ -132,16 +140,39 @@ class RunIndex:
 
     def upsert(self, artifacts: Iterable[dict[str, Any]]) -> None:
         """Add or refresh the rows of these artifacts, in one transaction."""
+        self.apply(artifacts)
+
+    def clear(self, state: dict[str, str] | None = None) -> None:
+        """Remove every row; ``state`` replaces the projection's state in the same transaction."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs")
+            if state is not None:
+                db.execute("DELETE FROM projection")
+                _put_state(db, state)
+
+    def apply(
+        self,
+        artifacts: Iterable[dict[str, Any]],
+        removed: Iterable[str] = (),
+        state: dict[str, str] | None = None,
+    ) -> None:
+        """Upsert ``artifacts``, delete the rows of ``removed`` run ids and record ``state``,
+        all in one transaction (a crash keeps all of it or none)."""
         placeholders = ", ".join("?" * len(COLUMNS))
         with self._transaction() as db:
             db.executemany(
                 f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 [row_of(a) for a in artifacts],
             )
+            db.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in removed])
+            _put_state(db, state or {})
 
-    def clear(self) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM runs")
+    def state(self) -> dict[str, str]:
+        """The projection's state as last committed (by any process sharing the file)."""
+        assert self._reader is not None, "open() the index first"
+        with self._read_lock:
+            rows = self._reader.execute("SELECT key, value FROM projection").fetchall()
+        return dict(rows)
 
     def count(self) -> int:
         assert self._db is not None
@@ -160,6 +191,10 @@ class RunIndex:
         with self._read_lock:
             rows = self._reader.execute(sql, [*params, query.limit + 1]).fetchall()
         return [dict(zip(SUMMARY, row, strict=True)) for row in rows]
+
+
+def _put_state(db: sqlite3.Connection, state: dict[str, str]) -> None:
+    db.executemany("INSERT OR REPLACE INTO projection (key, value) VALUES (?, ?)", state.items())
 
 
 def _after_prefix(prefix: str) -> str | None:

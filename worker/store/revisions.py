@@ -46,7 +46,8 @@ class Change:
 Decide = Callable[[dict[str, Any]], Change | None]
 
 
-def _encode(document: dict[str, Any]) -> bytes:
+def encode(document: dict[str, Any]) -> bytes:
+    """The bytes a document is stored as: compact JSON, sorted keys, UTF-8."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -93,19 +94,19 @@ class Revisions:
             wanted = decide(current)
             if wanted is None:
                 return current, False
-            new = _revised(current, wanted, now)
-            self._write(path, new, _entry(new, wanted, current))
+            new = revised(current, wanted, now)
+            self._write(path, new, history_entry(new, wanted, current))
             return new, True
 
     def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
         history = self._history_path(path.stem)
         fd = os.open(history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, _encode(entry) + b"\n")
+            os.write(fd, encode(entry) + b"\n")
         finally:
             os.close(fd)
         intent = self._workspace.write_intent([path.stem])
-        temp = self._workspace.write_temp(path.stem, _encode(new))
+        temp = self._workspace.write_temp(path.stem, encode(new))
         try:
             self._workspace.flush(files=[history, intent, temp])
             os.replace(temp, path)
@@ -117,7 +118,7 @@ class Revisions:
 
     def history(self, artifact: dict[str, Any]) -> list[dict[str, Any]]:
         """Every revision, oldest first: creation, then each change that reached the artifact."""
-        entries: dict[int, dict[str, Any]] = {1: _created_entry(artifact)}
+        entries: dict[int, dict[str, Any]] = {1: created_entry(artifact)}
         try:
             lines = self._history_path(artifact["run_id"]).read_bytes().splitlines()
         except FileNotFoundError:
@@ -129,7 +130,7 @@ class Revisions:
         return [entries[r] for r in sorted(entries)]
 
 
-def _revised(current: dict[str, Any], wanted: Change, now: datetime) -> dict[str, Any]:
+def revised(current: dict[str, Any], wanted: Change, now: datetime) -> dict[str, Any]:
     new = {**current, **wanted.updates}
     for key, value in wanted.updates.items():
         if value is None:
@@ -153,7 +154,7 @@ def changed_paths(before: dict[str, Any], after: dict[str, Any], keys: Iterable[
     return sorted(paths)
 
 
-def _entry(new: dict[str, Any], wanted: Change, current: dict[str, Any]) -> dict[str, Any]:
+def history_entry(new: dict[str, Any], wanted: Change, current: dict[str, Any]) -> dict[str, Any]:
     changed = changed_paths(current, new, wanted.updates)
     return {
         "revision": new["revision"],
@@ -164,7 +165,7 @@ def _entry(new: dict[str, Any], wanted: Change, current: dict[str, Any]) -> dict
     }
 
 
-def _created_entry(artifact: dict[str, Any]) -> dict[str, Any]:
+def created_entry(artifact: dict[str, Any]) -> dict[str, Any]:
     return {
         "revision": 1,
         "at": artifact["recorded_at_utc"],

@@ -1,0 +1,215 @@
+"""The ``list`` index of a JetStream store: a per-host projection of the runs bucket's stream.
+
+The bucket is the source of truth; the SQLite index (``RunIndex``) under the data dir is what
+this host has applied of it. One process per data dir (an ``flock`` on ``projection.lock``)
+follows the bucket's stream with an ephemeral pull consumer from the last applied sequence and
+applies each batch, with that sequence, in one SQLite transaction: a crash keeps a batch whole or
+not at all, and the follower resumes where the index stands. Other processes sharing the data dir
+read the same file and its state.
+
+The state keeps the stream's creation time: a bucket that was deleted and recreated has another,
+and the index is emptied and rebuilt from the new stream's first message (an index left by an
+earlier bucket would otherwise resume at a sequence that means nothing now). While a rebuild is
+below the stream's last sequence at its start, ``list`` answers ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from worker.errors import UnavailableError
+from worker.metrics import PROJECTION_LAG, PROJECTION_LAG_SECONDS
+from worker.store.index import RunIndex
+
+log = logging.getLogger(__name__)
+BATCH = 500
+FETCH_WAIT_S = 0.25  # one idle fetch; also how soon a stop is noticed
+CHECK_EVERY_S = 2.0  # how often an idle follower checks that its bucket is the same stream
+RETRY_S = 1.0
+KV_OPERATION = "KV-Operation"
+
+
+class Projection:
+    """Follows one KV stream into one index; ``run`` until stopped, ``wait_applied`` to read."""
+
+    def __init__(
+        self,
+        js_of: Callable[[], JetStreamContext],
+        stream: str,
+        key_prefix: str,
+        index: RunIndex,
+        lock_path: Path,
+    ) -> None:
+        self._js_of = js_of
+        self._stream = stream
+        self._prefix = key_prefix  # "$KV.<bucket>."
+        self._index = index
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None
+        self._applied = 0  # while following; else the index's state says
+        self._rebuild_until = 0
+
+    # -- readers (any process of the data dir) ---------------------------------------------
+
+    def position(self) -> tuple[int, int]:
+        """(applied sequence, sequence a rebuild must reach before ``list`` may answer)."""
+        if self._lock_fd is not None:
+            return self._applied, self._rebuild_until
+        state = self._index.state()
+        return int(state.get("applied_seq", 0)), int(state.get("rebuild_until", 0))
+
+    async def wait_applied(self, seq: int, timeout: float) -> None:
+        """Return once the index holds every change up to ``seq`` (bounded by ``timeout``).
+
+        Raises ``UnavailableError`` while rebuilding, or when the index stays behind."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            applied, rebuild_until = await asyncio.to_thread(self.position)
+            if applied < rebuild_until:
+                raise UnavailableError(
+                    f"the list index is rebuilding ({applied} of {rebuild_until} changes applied)"
+                )
+            if applied >= seq:
+                return
+            if loop.time() >= deadline:
+                raise UnavailableError(
+                    f"the list index is behind (at {applied}, this worker wrote {seq})"
+                )
+            await asyncio.sleep(0.01)
+
+    # -- the follower (one process of the data dir) ------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Follow the stream while this process holds the lock; until ``stopping`` is set."""
+        failing = False
+        try:
+            while not stopping.is_set():
+                if self._lock_fd is None and not self._take_lock():
+                    await _wait(stopping, RETRY_S)  # another process of this data dir follows
+                    continue
+                try:
+                    await self._follow(stopping)
+                    failing = False
+                except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    if not failing:
+                        log.warning("list projection interrupted (%r); resuming", exc)
+                    failing = True
+                    await _wait(stopping, RETRY_S)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _take_lock(self) -> bool:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    async def _follow(self, stopping: asyncio.Event) -> None:
+        """One consumer's life: from the applied sequence until stopped, the stream is
+        replaced, or a gap is seen (then the caller starts again from the index's state)."""
+        js = self._js_of()
+        created = await self._check_stream(js)
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self._applied + 1,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        sub = await js.pull_subscribe(f"{self._prefix}>", stream=self._stream, config=config)
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
+        delivered = 0  # the consumer's sequence: consecutive, or something was lost
+        try:
+            while not stopping.is_set():
+                try:
+                    msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
+                except TimeoutError:
+                    msgs = []
+                if msgs:
+                    if msgs[0].metadata.sequence.consumer != delivered + 1:
+                        return  # a gap (the consumer was recreated by the server): start again
+                    delivered = msgs[-1].metadata.sequence.consumer
+                    await asyncio.to_thread(self._apply, msgs)
+                else:
+                    PROJECTION_LAG.set(value=0)
+                    PROJECTION_LAG_SECONDS.set(value=0)
+                if loop.time() - checked >= CHECK_EVERY_S:
+                    checked = loop.time()
+                    if await self._created(js) != created:
+                        return
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await js.delete_consumer(self._stream, config.name or "")
+
+    async def _created(self, js: JetStreamContext) -> str:
+        info = await js.stream_info(self._stream)
+        assert info.created is not None, "JetStream reports a stream's creation time"
+        return info.created.isoformat()
+
+    async def _check_stream(self, js: JetStreamContext) -> str:
+        """The stream's creation time; a new stream (or index) empties the index first."""
+        info = await js.stream_info(self._stream)
+        assert info.created is not None
+        created = info.created.isoformat()
+        state = await asyncio.to_thread(self._index.state)
+        if state.get("stream_created") != created:
+            last = info.state.last_seq
+            log.warning(
+                "list index is not of bucket stream %s created %s: rebuilding it (%d changes)",
+                self._stream, created, last,
+            )  # fmt: skip
+            fresh = {"stream_created": created, "applied_seq": "0", "rebuild_until": str(last)}
+            await asyncio.to_thread(self._index.clear, fresh)
+            state = fresh
+        self._applied = int(state["applied_seq"])
+        self._rebuild_until = int(state.get("rebuild_until", 0))
+        return created
+
+    def _apply(self, msgs: list[Msg]) -> None:
+        """One batch, in stream order, in one transaction with its last sequence."""
+        latest: dict[str, dict[str, Any] | None] = {}
+        for msg in msgs:
+            run_id = msg.subject.removeprefix(self._prefix)
+            operation = (msg.headers or {}).get(KV_OPERATION)
+            latest[run_id] = None if operation in {"DEL", "PURGE"} else json.loads(msg.data)
+        last = msgs[-1].metadata
+        self._index.apply(
+            (a for a in latest.values() if a is not None),
+            [run_id for run_id, a in latest.items() if a is None],
+            {"applied_seq": str(last.sequence.stream)},
+        )
+        self._applied = last.sequence.stream
+        PROJECTION_LAG.set(value=last.num_pending)
+        age = (datetime.now(UTC) - last.timestamp).total_seconds()
+        PROJECTION_LAG_SECONDS.set(value=max(age, 0.0))
+
+
+async def _wait(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
