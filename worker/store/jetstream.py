@@ -286,7 +286,10 @@ class JetStreamStore:
 
     async def list_runs(self, query: Query) -> list[dict[str, Any]]:
         """From this host's index, once it holds everything this process wrote or read."""
-        await self.projection.wait_applied(self._written, LIST_WAIT_S)
+        written = self._written
+        reached = await self.projection.wait_applied(written, LIST_WAIT_S)
+        if reached < written and self._written == written:  # those writes went with the bucket
+            self._written = reached
         return await asyncio.to_thread(self.index.query, query)
 
     async def verify_run(self, run_id: str) -> list[Check] | None:

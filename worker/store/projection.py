@@ -73,12 +73,15 @@ class Projection:
         state = self._index.state()
         return int(state.get("applied_seq", 0)), int(state.get("rebuild_until", 0))
 
-    async def wait_applied(self, seq: int, timeout: float) -> None:
-        """Return once the index holds every change up to ``seq`` (bounded by ``timeout``).
+    async def wait_applied(self, seq: int, timeout: float) -> int:
+        """Return once the index holds every change up to ``seq`` (bounded by ``timeout``);
+        returns ``seq``, or the stream's last sequence when it is below (the bucket was made
+        anew since ``seq`` was written: that write is gone with the old stream).
 
         Raises ``UnavailableError`` while rebuilding, or when the index stays behind."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        replaced_checked = False
         while True:
             applied, rebuild_until = await asyncio.to_thread(self.position)
             if applied < rebuild_until:
@@ -86,12 +89,24 @@ class Projection:
                     f"the list index is rebuilding ({applied} of {rebuild_until} changes applied)"
                 )
             if applied >= seq:
-                return
+                return seq
+            if not replaced_checked and loop.time() >= deadline - timeout / 2:
+                replaced_checked = True
+                last = await self._last_seq()
+                if last is not None and last < seq:
+                    seq = last
+                    continue
             if loop.time() >= deadline:
                 raise UnavailableError(
                     f"the list index is behind (at {applied}, this worker wrote {seq})"
                 )
             await asyncio.sleep(0.01)
+
+    async def _last_seq(self) -> int | None:
+        try:
+            return (await self._js_of().stream_info(self._stream)).state.last_seq
+        except (nats.errors.Error, TimeoutError):
+            return None
 
     # -- the follower (one process of the data dir) ------------------------------------------
 
@@ -180,8 +195,9 @@ class Projection:
         state = await asyncio.to_thread(self._index.state)
         if state.get("stream_created") != created:
             last = info.state.last_seq
-            log.warning(
-                "list index is not of bucket stream %s created %s: rebuilding it (%d changes)",
+            log.log(
+                logging.WARNING if state.get("stream_created") else logging.INFO,
+                "list index is not of bucket stream %s created %s: building it (%d changes)",
                 self._stream, created, last,
             )  # fmt: skip
             fresh = {"stream_created": created, "applied_seq": "0", "rebuild_until": str(last)}
