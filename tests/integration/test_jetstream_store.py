@@ -23,6 +23,10 @@ from worker.store.revisions import encode
 pytestmark = pytest.mark.integration
 CLUSTER = pytest.mark.parametrize("store", ["jetstream"], indirect=True)  # a 3-node cluster
 JETSTREAM = {"RMOS_STORE": "jetstream"}
+STREAMS = [
+    "RMOS_RUN_EVENTS", "RMOS_EXPLAIN", "RMOS_DLQ", "KV_RMOS_RUNS", "KV_RMOS_BLOB_META",
+    "OBJ_RMOS_BLOBS", "RMOS_RUN_HISTORY",
+]  # fmt: skip
 
 
 async def publish_all(client: RunsClient, count: int, prefix: str = "evt") -> list[str]:
@@ -121,6 +125,31 @@ class TestRaces:
         assert {e.code for e in losses} == {"REVISION_CONFLICT"}
         assert (await client.get(run_id))["revision"] == 42
 
+    async def test_deadlines_swept_by_two_hosts(
+        self, nats_server: NatsCluster, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """Two workers sweep the same PENDING runs past their deadline: each run is asked
+        again once, then fails once (revisions 1, 2, 3), whichever worker got there first."""
+        env = {**JETSTREAM, "RMOS_EXPLAIN_TIMEOUT_S": "0.6", "RMOS_EXPLAIN_MAX_ATTEMPTS": "2"}
+        for name in "ab":
+            await WorkerProcess(nats_server.url, tmp_path / name, env=env).start(client)
+        blocked = {"status": "BLOCKED", "decision": {"risk_level": "RED"}}
+        events = [event(f"late-{i}", **blocked) for i in range(5)]
+        await asyncio.gather(*(client.publish_event(e) for e in events))
+        for e in events:
+            run_id = derive_run_id("engine-a", e["event_id"])
+            await stored(client, run_id)
+
+            async def failed(run_id: str = run_id) -> dict[str, Any] | None:
+                run = await client.get(run_id)
+                return run if run["explanation_status"] == "ERROR" else None
+
+            run = await eventually(failed, timeout=30)
+            assert (run["revision"], run["explanation_error"]) == (3, "timed out")
+            history = await client.history(run_id)
+            assert [r.revision for r in history.revisions] == [1, 2, 3]
+            assert [r.by for r in history.revisions][1:] == ["deadline", "deadline"]
+
 
 @CLUSTER
 class TestProjection:
@@ -174,12 +203,25 @@ class TestPlacement:
     """Every stream and bucket is replicated as configured; what cannot be placed is refused."""
 
     async def test_three_replicas(self, worker: WorkerProcess, client: RunsClient) -> None:
-        streams = [
-            "RMOS_RUN_EVENTS", "RMOS_EXPLAIN", "RMOS_DLQ", "KV_RMOS_RUNS", "KV_RMOS_BLOB_META",
-            "OBJ_RMOS_BLOBS", "RMOS_RUN_HISTORY",
-        ]  # fmt: skip
-        for name in streams:
+        for name in STREAMS:
             assert (await client.js.stream_info(name)).config.num_replicas == 3, name
+
+    async def test_replicas_changed(
+        self, nats_server: NatsCluster, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """Streams and buckets made with 1 replica get 3 when a worker is started so."""
+        env = {**JETSTREAM, "RMOS_STORE_REPLICAS": "1"}
+        single = WorkerProcess(nats_server.url, tmp_path / "one", env=env)
+        await single.start(client)
+        [run_id] = await publish_all(client, 1)
+        await stored(client, run_id)
+        assert await single.terminate() == 0
+        assert (await client.js.stream_info("KV_RMOS_RUNS")).config.num_replicas == 1
+        replicated = WorkerProcess(nats_server.url, tmp_path / "three", env=JETSTREAM)
+        await replicated.start(client)
+        for name in STREAMS:
+            assert (await client.js.stream_info(name)).config.num_replicas == 3, name
+        assert (await client.get(run_id))["run_id"] == run_id
 
 
 class TestSingleServer:

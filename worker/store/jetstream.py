@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ HISTORY_HEADER = "Rmos-History-Seq"
 PREV_HEADER = "Rmos-Prev-Seq"
 WRONG_LAST_SEQUENCE = {10071, 10164}  # JSStreamWrongLastSequence(Constant)Err
 NO_MESSAGE = 10037  # JSNoMessageFoundErr
+STREAM_EXISTS_OTHERWISE = 10058  # JSStreamNameExistErr: in use with another configuration
 CAS_ATTEMPTS = 64
 LIST_WAIT_S = 2.0  # CONTRACT section 8: every worker lists a run within 2 s
 
@@ -116,22 +117,36 @@ class JetStreamStore:
             config = KeyValueConfig(
                 bucket=kv, history=1, replicas=self.replicas, storage=StorageType.FILE, direct=False
             )
-            await js.create_key_value(config)
-        await js.add_stream(
-            StreamConfig(
-                name=self.history_stream,
-                subjects=[f"{self._history_subject}.*"],
-                storage=StorageType.FILE,
-                retention=RetentionPolicy.LIMITS,
-                num_replicas=self.replicas,
-                deny_delete=True,
-            )
+            await self._declared(f"KV_{kv}", js.create_key_value(config))
+        history = StreamConfig(
+            name=self.history_stream,
+            subjects=[f"{self._history_subject}.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            num_replicas=self.replicas,
+            deny_delete=True,
         )
-        self._objects = await js.create_object_store(
-            self.blobs_bucket, ObjectStoreConfig(replicas=self.replicas, storage=StorageType.FILE)
+        await self._declared(self.history_stream, js.add_stream(history))
+        blobs = ObjectStoreConfig(replicas=self.replicas, storage=StorageType.FILE)
+        await self._declared(
+            f"OBJ_{self.blobs_bucket}", js.create_object_store(self.blobs_bucket, blobs)
         )
+        self._objects = await js.object_store(self.blobs_bucket)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.index.open)
+
+    async def _declared(self, stream: str, declare: Awaitable[object]) -> None:
+        """Run a declaration; a stream that exists with other settings (replicas, say) is
+        brought to this store's replicas instead."""
+        try:
+            await declare
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != STREAM_EXISTS_OTHERWISE:
+                raise
+            config = (await self._js.stream_info(stream)).config
+            log.warning("stream %s exists with other settings: updating its replicas", stream)
+            config.num_replicas = self.replicas
+            await self._js.update_stream(config)
 
     def close(self) -> None:
         self.index.close()
