@@ -133,7 +133,7 @@ class TestRaces:
         env = {**JETSTREAM, "RMOS_EXPLAIN_TIMEOUT_S": "0.6", "RMOS_EXPLAIN_MAX_ATTEMPTS": "2"}
         for name in "ab":
             await WorkerProcess(nats_server.url, tmp_path / name, env=env).start(client)
-        blocked = {"status": "BLOCKED", "decision": {"risk_level": "RED"}}
+        blocked: dict[str, Any] = {"status": "BLOCKED", "decision": {"risk_level": "RED"}}
         events = [event(f"late-{i}", **blocked) for i in range(5)]
         await asyncio.gather(*(client.publish_event(e) for e in events))
         for e in events:
