@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     reindex.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     reindex.set_defaults(nats_url=None)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy a files data dir into the jetstream store (idempotent, resumable)",
+        description="Copy the runs, their history and the blobs of a files data dir into the "
+        "jetstream store on --nats-url, verifying every copied run; run it again to resume.",
+    )
+    _common(migrate)
+
     demo = commands.add_parser("publish-demo", help="publish a few realistic run events")
     _common(demo)
     demo.add_argument("--tag", default="demo", help="event id prefix (new tag, new runs)")
@@ -137,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(runner.run_explainer(settings))
     if args.command == "reindex":
         return runner.reindex(settings)
+    if args.command == "migrate":
+        return asyncio.run(runner.migrate(settings))
     if args.command == "publish-demo":
         return asyncio.run(runner.publish_demo(settings, tag=args.tag))
     from worker import commands

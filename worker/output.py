@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
@@ -73,3 +74,25 @@ def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
     pairs = list(pairs)
     width = max((len(key) for key, _ in pairs), default=0) + 1
     return "\n".join(f"{key + ':':<{width}} {cell(value)}".rstrip() for key, value in pairs)
+
+
+class Progress:
+    """A progress line on stderr, rewritten in place: a bar, done of total, the rate."""
+
+    def __init__(self, total: int, unit: str = "runs") -> None:
+        self.total = total
+        self.unit = unit
+        self.started = time.monotonic()
+        self.done = 0
+
+    def __call__(self, done: int) -> None:
+        self.done = done
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        bar = "#" * (30 * done // max(self.total, 1))
+        sys.stderr.write(f"\r[{bar:<30}] {done}/{self.total} {self.unit}, {rate:,.0f}/s")
+
+    def close(self) -> float:
+        """End the line; the seconds since the start."""
+        self(self.done)
+        sys.stderr.write("\n")
+        return time.monotonic() - self.started

@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from worker.client import RunsApiError, RunsClient
 from worker.demo import demo_events
 from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
+from worker.output import Progress
 from worker.processes import Siblings
 from worker.settings import Settings
 from worker.store.files import FileStore
@@ -93,22 +92,21 @@ def reindex(settings: Settings) -> int:
     """Rebuild the list index from every artifact, with a progress line on stderr."""
     store = FileStore(settings.data_dir)
     asyncio.run(store.open(rebuild_lost_index=False))  # rebuilt below, with progress
-    total = store.count_runs()
-    started = time.monotonic()
-
-    def progress(done: int) -> None:
-        rate = done / max(time.monotonic() - started, 1e-6)
-        bar = "#" * (30 * done // max(total, 1))
-        sys.stderr.write(f"\r[{bar:<30}] {done}/{total} runs, {rate:,.0f}/s")
-
+    progress = Progress(store.count_runs())
     try:
         done = store.reindex(progress)
     finally:
         store.close()
     progress(done)
-    sys.stderr.write("\n")
-    log.info("indexed %d runs in %.1f s", done, time.monotonic() - started)
+    log.info("indexed %d runs in %.1f s", done, progress.close())
     return 0
+
+
+async def migrate(settings: Settings) -> int:
+    """Copy the files data dir into the jetstream store on the configured NATS."""
+    from worker import migrate
+
+    return await migrate.run(settings, resolve_url(settings))
 
 
 async def _when_ready(

@@ -96,6 +96,16 @@ class FileStore:
                     if entry.name.endswith(".json"):
                         yield Path(entry.path)
 
+    def run_ids(self) -> Iterator[str]:
+        """Every stored run id (a directory scan: for tools, never for queries)."""
+        return (path.stem for path in self._run_paths())
+
+    def blob_hashes(self) -> Iterator[str]:
+        """Every stored blob's sha256 (a directory scan, as ``run_ids``)."""
+        for shard in _SHARDS:
+            with os.scandir(self.blobs_dir / shard) as entries:
+                yield from (e.name for e in entries if _SHA256.fullmatch(e.name))
+
     def count_runs(self) -> int:
         """How many artifacts are on disk (a directory scan: for tools, never for queries)."""
         return sum(1 for _ in self._run_paths())

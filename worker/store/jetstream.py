@@ -112,6 +112,12 @@ class JetStreamStore:
 
     async def open(self) -> None:
         """Declare the buckets and the history stream (replicated), open the local index."""
+        await self.declare()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.index.open)
+
+    async def declare(self) -> None:
+        """Create the buckets and the history stream, or bring them to this store's replicas."""
         js = self._js
         for kv in (self.runs_bucket, self.blob_meta_bucket):
             config = KeyValueConfig(
@@ -132,8 +138,6 @@ class JetStreamStore:
             f"OBJ_{self.blobs_bucket}", js.create_object_store(self.blobs_bucket, blobs)
         )
         self._objects = await js.object_store(self.blobs_bucket)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.index.open)
 
     async def _declared(self, stream: str, declare: Awaitable[object]) -> None:
         """Run a declaration; a stream that exists with other settings (replicas, say) is
@@ -281,6 +285,37 @@ class JetStreamStore:
         )
         return ack.seq
 
+    async def adopt(self, artifact: dict[str, Any], history: list[dict[str, Any]]) -> str:
+        """Store a run made elsewhere (``migrate``) with its history, unless the run id is held:
+        ``"copied"``, ``"present"`` (the same run, at this revision or later) or ``"conflict"``.
+
+        The history's entries go first (revisions 2..), chained, then the artifact is created
+        naming the last: interrupted and run again, it leaves only unnamed entries behind."""
+        run_id = artifact["run_id"]
+        found = await self.get_run(run_id)
+        if found is not None:
+            return _held(found, artifact)
+        prev = ""
+        for entry in history[1:]:
+            ack = await self._publish(
+                f"{self._history_subject}.{run_id}",
+                encode(entry),
+                {PREV_HEADER: prev},
+                stream=self.history_stream,
+            )
+            prev = str(ack.seq)
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: "0"}
+        if prev:
+            headers[HISTORY_HEADER] = prev
+        try:
+            await self._publish(
+                self._run_subject(run_id), encode(artifact), headers, stream=self.runs_stream
+            )
+        except nats.js.errors.APIError:  # created meanwhile
+            found = await self.get_run(run_id)
+            return "conflict" if found is None else _held(found, artifact)
+        return "copied"
+
     async def history(self, run_id: str) -> list[dict[str, Any]] | None:
         """Every revision, oldest first: the chain of entries named from the artifact."""
         found = await self._read_run(run_id)
@@ -380,6 +415,12 @@ class JetStreamStore:
         info = await self.get_blob_info(sha256)
         data = await self._blob_bytes(sha256) if info is not None else None
         return None if data is None or info is None else (data, info)
+
+
+def _held(found: dict[str, Any], artifact: dict[str, Any]) -> str:
+    """``present`` when the stored run is this one, at its revision or later; else a conflict."""
+    same = found["content_sha256"] == artifact["content_sha256"]
+    return "present" if same and found["revision"] >= artifact["revision"] else "conflict"
 
 
 def _deleted(msg: RawStreamMsg) -> bool:
