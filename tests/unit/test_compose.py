@@ -204,3 +204,68 @@ class TestExplainerService:
         assert explainer["environment"]["RMOS_NATS_URL"] == "nats://nats:4222"
         assert explainer["depends_on"]["nats"]["condition"] == "service_healthy"
         assert "worker" in explainer["depends_on"]
+
+
+CLUSTER_NODES = ("nats-1", "nats-2", "nats-3")
+CLUSTER_WORKERS = ("worker-a", "worker-b")
+
+
+class TestClusterProfile:
+    """The ``cluster`` profile: three NATS nodes, two workers on the jetstream store (R3)."""
+
+    def test_all_in_the_profile(self) -> None:
+        for name in (*CLUSTER_NODES, *CLUSTER_WORKERS, "explainer-cluster"):
+            assert service(name)["profiles"] == ["cluster"], name
+
+    def test_nodes_form_one_cluster(self) -> None:
+        """Each node runs JetStream on a volume of its own, under its own name, with routes to
+        the two others' cluster ports; a healthcheck on its monitoring port."""
+        volumes = set()
+        for name in CLUSTER_NODES:
+            node = service(name)
+            argv = as_argv(node["command"])
+            assert "-js" in argv
+            store_dir = flag_value(argv, "-sd")
+            [(source, target)] = volume_mounts(node)
+            assert (target, is_named_volume(source)) == (store_dir, True)
+            volumes.add(source)
+            assert flag_value(argv, "--server_name") == name
+            assert flag_value(argv, "--cluster_name") == "rmos"
+            port = urlsplit(flag_value(argv, "--cluster")).port
+            routes = {urlsplit(r) for r in flag_value(argv, "--routes").split(",")}
+            assert {(r.hostname, r.port) for r in routes} == {
+                (other, port) for other in CLUSTER_NODES if other != name
+            }
+            monitor = int(flag_value(argv, "-m"))
+            assert f"http://localhost:{monitor}/healthz" in node["healthcheck"]["test"]
+        assert len(volumes) == 3
+
+    def test_workers_share_the_store_not_a_volume(self) -> None:
+        """Both workers use the jetstream store at 3 replicas on every node, start once every
+        node is healthy, and keep their index on volumes of their own."""
+        from worker.settings import Settings
+
+        known = {"RMOS_" + name.upper() for name in Settings.model_fields}
+        sources = set()
+        for name in CLUSTER_WORKERS:
+            worker = service(name)
+            env = environment(worker)
+            assert (env["RMOS_STORE"], env["RMOS_STORE_REPLICAS"]) == ("jetstream", "3")
+            urls = [urlsplit(u) for u in env["RMOS_NATS_URL"].split(",")]
+            assert [(u.hostname, u.port) for u in urls] == [
+                (node, NATS_CLIENT_PORT) for node in CLUSTER_NODES
+            ]
+            assert set(env) <= known
+            assert {n: d["condition"] for n, d in worker["depends_on"].items()} == {
+                node: "service_healthy" for node in CLUSTER_NODES
+            }
+            [(source, target)] = volume_mounts(worker)
+            assert target == env["RMOS_DATA_DIR"]
+            sources.add(source)
+        assert len(sources) == 2
+
+    def test_explainer(self) -> None:
+        explainer = service("explainer-cluster")
+        env = environment(explainer)
+        assert env["RMOS_NATS_URL"] == environment(service("worker-a"))["RMOS_NATS_URL"]
+        assert set(CLUSTER_NODES) < set(explainer["depends_on"])
