@@ -7,6 +7,7 @@ declared here explicitly, with ``add_consumer`` doubling as the update of an exi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -29,6 +30,7 @@ DUPLICATE_WINDOW_S = 120.0
 
 
 NOT_CLUSTERED = 10074  # JSStreamReplicasNotSupportedErr: replicas > 1 on a single server
+PLACEMENT_WAIT_S = 30.0  # how long a cluster may take to place new streams at start-up
 
 
 class PlacementError(RuntimeError):
@@ -86,21 +88,32 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects, replicas: int
 
 
 async def ensure_replicated(
-    declare: Callable[[int], Awaitable[None]], replicas: int | None, default: int
+    declare: Callable[[int], Awaitable[None]],
+    replicas: int | None,
+    default: int,
+    wait_s: float = PLACEMENT_WAIT_S,
 ) -> int:
     """Run ``declare(replicas)``; unset replicas are ``default``, or 1 on a single server.
-    Returns the replicas used; ``PlacementError`` when the server cannot place them."""
+
+    A cluster that cannot place them yet (a peer still joining or down) is given ``wait_s``;
+    then ``PlacementError``. Returns the replicas used."""
     wanted = replicas or default
-    try:
-        await declare(wanted)
-    except APIError as exc:
-        if replicas is None and exc.err_code == NOT_CLUSTERED and wanted > 1:
-            log.info("a single NATS server: streams and buckets get 1 replica, not %d", wanted)
-            return await ensure_replicated(declare, 1, 1)
-        raise PlacementError(
-            f"JetStream cannot hold the streams with {wanted} replicas: {exc.description}"
-        ) from exc
-    return wanted
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        try:
+            await declare(wanted)
+            return wanted
+        except APIError as exc:
+            if exc.err_code == NOT_CLUSTERED and replicas is None and wanted > 1:
+                log.info("a single NATS server: streams and buckets get 1 replica, not %d", wanted)
+                return await ensure_replicated(declare, 1, 1, wait_s)
+            if exc.err_code == NOT_CLUSTERED or loop.time() >= deadline:
+                raise PlacementError(
+                    f"JetStream cannot hold the streams with {wanted} replicas: {exc.description}"
+                ) from exc
+            log.warning("streams not placed yet (%s); retrying", exc.description)
+            await asyncio.sleep(1.0)
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:

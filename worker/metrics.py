@@ -53,9 +53,13 @@ class Counter:
 
 
 class Gauge(Counter):
-    """A value that goes up and down."""
+    """A value that goes up and down; no sample until it is first set (a process that does
+    not measure it, such as one that does not follow the projection, exports none)."""
 
     kind = "gauge"
+
+    def render(self) -> list[str]:
+        return super().render() if self._values else super().render()[:2]
 
     def set(self, *label_values: str, value: float) -> None:
         self.inc(*label_values, amount=value - self.value(*label_values))
@@ -128,7 +132,7 @@ PROJECTION_LAG = REGISTRY.gauge(
 )
 PROJECTION_LAG_SECONDS = REGISTRY.gauge(
     "rmos_projection_lag_seconds",
-    "Age of the newest change applied to this host's list index when it was applied; 0 idle.",
+    "Age of the oldest change of the last batch applied to this host's list index; 0 idle.",
 )
 
 

@@ -2,17 +2,20 @@
 
 Each node has its own store dir and fixed ports (client, route, monitoring) picked once, so a
 node killed and started again comes back where it was and catches up from its peers. Ready means
-every node answers ``/healthz`` (JetStream included: a meta leader is elected).
+every node answers ``/healthz`` and the JetStream meta leader sees every peer current (before
+that, a new stream with 3 replicas may find "no suitable peers for placement").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from worker.nats_server import NatsServer, NatsServerError
 
@@ -73,6 +76,8 @@ class NatsCluster:
         while pending:
             ok = await asyncio.gather(*(asyncio.to_thread(self._healthy, i) for i in pending))
             pending = [i for i, good in zip(pending, ok, strict=True) if not good]
+            if not pending and not await asyncio.to_thread(self._meta_complete):
+                pending = [-1]  # the meta group is still forming
             if pending and loop.time() > deadline:
                 raise NatsServerError(f"nodes {pending} not healthy after {timeout}s")
             if pending:
@@ -85,6 +90,25 @@ class NatsCluster:
                 return bool(reply.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def _meta_complete(self) -> bool:
+        """Whether the meta leader sees every other live node as a current peer."""
+        live = [i for i, node in enumerate(self.nodes) if node.pid is not None]
+        for i in live:
+            meta = self._get_json(i, "/jsz").get("meta_cluster") or {}
+            if meta.get("leader") == f"n{i}":
+                current = {r["name"] for r in meta.get("replicas") or [] if r.get("current")}
+                return current >= {f"n{j}" for j in live if j != i}
+        return False
+
+    def _get_json(self, i: int, path: str) -> dict[str, Any]:
+        try:
+            url = f"http://{self.host}:{self.monitor_ports[i]}{path}"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                found: dict[str, Any] = json.loads(reply.read())
+                return found
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
 
     def index_of(self, server_name: str) -> int:
         return int(server_name.removeprefix("n"))

@@ -101,11 +101,6 @@ class NatsServer:
                 raise NatsServerError(f"nats-server exited with {self._proc.returncode}: {text}")
             await asyncio.sleep(0.01)
 
-    def _log_since(self, offset: int) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")[offset:]
-
     async def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
         if self._proc is None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from contracts.canonical import derive_run_id
+from tests.integration.test_metrics import free_ports, scrape
 from tests.support import WorkerProcess, event, eventually, stored, wait_settled
 from worker.client import RunsApiError, RunsClient
 from worker.nats_cluster import NatsCluster
@@ -183,6 +184,22 @@ class TestProjection:
         [new] = await publish_all(client, 1, prefix="new")
         await stored(client, new)
         assert await listed(client, 1) == [new]
+
+    async def test_processes_share_one_projection(
+        self, nats_server: NatsCluster, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """Two processes of one data dir: one follows the bucket, the other answers ``list``
+        from the same index once it has caught up; the lag is exported by the follower."""
+        port = free_ports(2)
+        env = {**JETSTREAM, "RMOS_PROCESSES": "2", "RMOS_METRICS_PORT": str(port)}
+        proc = WorkerProcess(nats_server.url, tmp_path / "data", env=env)
+        await proc.start(client)
+        run_ids = await publish_all(client, 300)
+        await wait_settled(client.js)
+        for _ in range(10):  # answered by either process, each time complete
+            assert sorted(await listed(client, 300)) == sorted(run_ids)
+        lags = [(await scrape(p)).get("rmos_projection_lag_messages") for p in (port, port + 1)]
+        assert sorted(lags, key=str) == [0.0, None]  # exported by the follower only
 
     async def test_tampered_value_fails_verify(
         self, nats_server: NatsCluster, client: RunsClient, worker: WorkerProcess

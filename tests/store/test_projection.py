@@ -62,6 +62,11 @@ class TestWaitApplied:
         index.apply([], state={"applied_seq": "9"})
         assert await projection(index, tmp_path).wait_applied(9, timeout=1) == 9
 
+    async def test_never_built_is_unavailable(self, index: RunIndex, tmp_path: Path) -> None:
+        """A new data dir before the follower's first look: not an empty page."""
+        with pytest.raises(UnavailableError, match="being built"):
+            await projection(index, tmp_path).wait_applied(0, timeout=1)
+
     async def test_write_gone_with_an_old_bucket(self, index: RunIndex, tmp_path: Path) -> None:
         """Written at 50 into a bucket since made anew (now at 2): waiting for 2 is enough."""
         index.clear({"stream_created": "t1", "applied_seq": "2", "rebuild_until": "0"})

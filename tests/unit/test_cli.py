@@ -15,11 +15,18 @@ class TestSettings:
         args = cli._parser().parse_args(["worker"])
         assert cli.build_settings(args).processes == 3
 
+    def test_store_flag(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("RMOS_STORE", "files")
+        args = cli._parser().parse_args(["worker", "--store", "jetstream"])
+        assert cli.build_settings(args).store == "jetstream"
+
     @pytest.mark.parametrize(
         ("argv", "env", "said"),
         [
             (["worker", "--processes", "0"], {}, "processes (RMOS_PROCESSES): Input should be"),
             (["list"], {"RMOS_BATCH_SIZE": "many"}, "batch_size (RMOS_BATCH_SIZE): Input should"),
+            (["worker"], {"RMOS_STORE": "s3"}, "store (RMOS_STORE): Input should be 'files' or"),
+            (["worker"], {"RMOS_STORE_REPLICAS": "0"}, "store_replicas (RMOS_STORE_REPLICAS): "),
         ],
     )
     def test_bad_setting_is_one_line_and_exit_2(

@@ -48,3 +48,12 @@ class TestRender:
             "# HELP rmos_b_total B.",
             "# TYPE rmos_b_total counter",
         ]
+
+    def test_gauge_set_and_unset(self) -> None:
+        """A gauge goes both ways; before its first value it has no sample at all."""
+        registry = Registry()
+        lag = registry.gauge("rmos_lag", "Lag.")
+        assert registry.render().splitlines() == ["# HELP rmos_lag Lag.", "# TYPE rmos_lag gauge"]
+        lag.set(value=7)
+        lag.set(value=2.5)
+        assert registry.render().splitlines()[-1] == "rmos_lag 2.5"

@@ -61,17 +61,21 @@ class Projection:
         self._index = index
         self._lock_path = lock_path
         self._lock_fd: int | None = None
-        self._applied = 0  # while following; else the index's state says
+        self._following = False  # this process follows, and knows where the index stands
+        self._applied = 0
         self._rebuild_until = 0
 
     # -- readers (any process of the data dir) ---------------------------------------------
 
-    def position(self) -> tuple[int, int]:
-        """(applied sequence, sequence a rebuild must reach before ``list`` may answer)."""
-        if self._lock_fd is not None:
+    def position(self) -> tuple[int, int] | None:
+        """(applied sequence, sequence a rebuild must reach before ``list`` may answer); None
+        while the index is of no stream yet (a new data dir before the follower's first look)."""
+        if self._following:
             return self._applied, self._rebuild_until
         state = self._index.state()
-        return int(state.get("applied_seq", 0)), int(state.get("rebuild_until", 0))
+        if "stream_created" not in state:
+            return None
+        return int(state["applied_seq"]), int(state.get("rebuild_until", 0))
 
     async def wait_applied(self, seq: int, timeout: float) -> int:
         """Return once the index holds every change up to ``seq`` (bounded by ``timeout``);
@@ -83,7 +87,10 @@ class Projection:
         deadline = loop.time() + timeout
         replaced_checked = False
         while True:
-            applied, rebuild_until = await asyncio.to_thread(self.position)
+            position = await asyncio.to_thread(self.position)
+            if position is None:
+                raise UnavailableError("the list index is being built")
+            applied, rebuild_until = position
             if applied < rebuild_until:
                 raise UnavailableError(
                     f"the list index is rebuilding ({applied} of {rebuild_until} changes applied)"
@@ -127,6 +134,7 @@ class Projection:
                     failing = True
                     await _wait(stopping, RETRY_S)
         finally:
+            self._following = False
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -205,6 +213,7 @@ class Projection:
             state = fresh
         self._applied = int(state["applied_seq"])
         self._rebuild_until = int(state.get("rebuild_until", 0))
+        self._following = True
         return created
 
     def _apply(self, msgs: list[Msg]) -> None:
@@ -222,7 +231,8 @@ class Projection:
         )
         self._applied = last.sequence.stream
         PROJECTION_LAG.set(value=last.num_pending)
-        age = (datetime.now(UTC) - last.timestamp).total_seconds()
+        # The batch's oldest change waited longest: its age is this batch's lag.
+        age = (datetime.now(UTC) - msgs[0].metadata.timestamp).total_seconds()
         PROJECTION_LAG_SECONDS.set(value=max(age, 0.0))
 
 
