@@ -9,7 +9,7 @@ from typing import Any
 
 from worker.store.base import NewRun
 from worker.store.files import FileStore
-from worker.store.index import Query
+from worker.store.index import Query, RunIndex
 from worker.store.revisions import encode
 
 
@@ -124,6 +124,16 @@ class TestRepair:
             db.execute("DROP TABLE runs")
             db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, stale TEXT) WITHOUT ROWID")
             db.execute("PRAGMA user_version=1")
+        assert sorted(await ids_after_reopen(data)) == sorted(a["run_id"] for a in runs)
+
+    async def test_index_of_a_jetstream_store_rebuilt(self, tmp_path: Path) -> None:
+        """Back on the files store after the jetstream store: its projection is not kept."""
+        data = tmp_path / "data"
+        runs = await stored_then_closed(data, 5)
+        index = RunIndex(data / "index.sqlite")
+        index.open()
+        index.apply([artifact(99)], state={"stream_created": "t0", "applied_seq": "9"})
+        index.close()
         assert sorted(await ids_after_reopen(data)) == sorted(a["run_id"] for a in runs)
 
     async def test_interrupted_commit_indexed(self, tmp_path: Path) -> None:

@@ -77,6 +77,9 @@ class FileStore:
         shards = [parent / s for parent in parents for s in _SHARDS]
         unfinished = self.workspace.open(shards)
         fresh_index = self.index.open()
+        if "stream_created" in self.index.state():  # a jetstream store's projection was here
+            self.index.clear({})
+            fresh_index = True
         if fresh_index and rebuild_lost_index and any(self._run_paths()):
             log.warning("no index (of this version) beside the runs: rebuilding it from them")
             self.reindex()

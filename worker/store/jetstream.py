@@ -98,7 +98,9 @@ class JetStreamStore:
         self.history_stream = f"{prefix}_RUN_HISTORY"
         self._history_subject = f"{subjects.root}.store.history"
         self.data_dir = data_dir
-        self.index = RunIndex(data_dir / "index.sqlite")
+        # No fsync per batch (synchronous=NORMAL): a tail lost to a power cut is applied again,
+        # as the applied sequence is in the same transactions as the rows.
+        self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=True)
         self.projection = Projection(
             js_of, self.runs_stream, f"$KV.{self.runs_bucket}.", self.index,
             data_dir / "projection.lock",
