@@ -40,7 +40,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +55,7 @@ from nats.js.api import PubAck
 from contracts.canonical import derive_run_id
 from contracts.subjects import EVENTS_CONSUMER
 from worker.client import RunsApiError, RunsClient
+from worker.connection import servers
 from worker.core.ingest import build_artifact, check_event
 from worker.core.timefmt import utc_text
 from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
@@ -285,13 +286,22 @@ def median(values: Sequence[float]) -> float:
 
 
 class WorkerProc:
-    """``python -m worker.cli worker`` as a child process, its output in a log file."""
+    """``python -m worker.cli worker`` as a child process, its output in a log file; ``env``
+    adds to (or overrides) the environment it inherits, e.g. ``RMOS_STORE``."""
 
-    def __init__(self, url: str, data_dir: Path, log_path: Path, processes: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        log_path: Path,
+        processes: int = 1,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.data_dir = data_dir
         self.log_path = log_path
         self.processes = processes
+        self.env = dict(env or {})
         self.proc: asyncio.subprocess.Process | None = None
         self.started = 0.0
 
@@ -300,7 +310,12 @@ class WorkerProc:
         return self.proc.pid if self.proc is not None else None
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RMOS_PROCESSES": str(self.processes)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "RMOS_PROCESSES": str(self.processes),
+            **self.env,
+        }
         with self.log_path.open("ab") as log:
             self.started = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
@@ -381,7 +396,10 @@ async def nats_server(store_dir: Path) -> AsyncIterator[NatsServer]:
 
 @contextlib.asynccontextmanager
 async def connection(url: str) -> AsyncIterator[Client]:
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5, name="ingest-bench")
+    """One URL, or a cluster's comma-separated list (as ``NatsCluster.url`` gives it)."""
+    nc = await nats.connect(
+        servers(url), allow_reconnect=False, connect_timeout=5, name="ingest-bench"
+    )
     try:
         yield nc
     finally:
@@ -410,9 +428,13 @@ FINDINGS = Findings()
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    url: str, data_dir: Path, log_path: Path, processes: int = 1
+    url: str,
+    data_dir: Path,
+    log_path: Path,
+    processes: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[WorkerProc]:
-    worker = WorkerProc(url, data_dir, log_path, processes)
+    worker = WorkerProc(url, data_dir, log_path, processes, env)
     await worker.start()
     ok = False
     try:
@@ -540,31 +562,45 @@ def per_message(used: dict[str, float], n: int) -> dict[str, float]:
 async def bare_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> Rep:
     """Phase 1: bare nats-py ``fetch(batch)`` + ack of a pre-published backlog."""
     async with nats_server(work / "nats") as server, connection(server.url) as nc:
-        js = nc.jetstream()
-        await ensure_streams(js, SUBJECTS)
-        await ensure_consumer(js, STREAM, events_consumer_config(SETTINGS))
-        publishing = CpuMeter({"bench": os.getpid(), "nats": server.pid})
-        publishing.start()
-        publish_started = time.perf_counter()
-        _, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
-        publish_s = time.perf_counter() - publish_started
-        pub = per_message(publishing.stop(), len(events))
-        sub = await js.pull_subscribe_bind(durable=EVENTS_CONSUMER, stream=STREAM)
-        meter = CpuMeter({"bench": os.getpid(), "nats": server.pid})
-        meter.start()
-        started = time.perf_counter()
-        got = 0
-        async with asyncio.timeout(cfg.ingest_timeout()):
-            while got < len(events):
-                try:
-                    msgs = await sub.fetch(cfg.batch, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
-                for msg in msgs:
-                    await msg.ack()
-                got += len(msgs)
-        ended = await wait_settled(js, last_seq, 30.0, poll=0.002)
-        used = meter.stop()
+        return await bare_consume(cfg, nc, {"nats": server.pid}, events)
+
+
+async def bare_consume(
+    cfg: Config,
+    nc: Client,
+    nats_pids: Mapping[str, int | None],
+    events: Sequence[Prepared],
+    replicas: int = 1,
+) -> Rep:
+    """Phase 1 on any server or cluster ``nc`` reaches: the streams (``replicas``) and the
+    worker's durable consumer declared, N events published, then fetched and acked until
+    settled. ``nats_pids`` names the server processes whose CPU is counted (summed as nats)."""
+    js = nc.jetstream()
+    await ensure_streams(js, SUBJECTS, replicas)
+    await ensure_consumer(js, STREAM, events_consumer_config(SETTINGS))
+    pids = {"bench": os.getpid(), **nats_pids}
+    publishing = CpuMeter(pids)
+    publishing.start()
+    publish_started = time.perf_counter()
+    _, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
+    publish_s = time.perf_counter() - publish_started
+    pub = per_message(nats_summed(publishing.stop(), nats_pids), len(events))
+    sub = await js.pull_subscribe_bind(durable=EVENTS_CONSUMER, stream=STREAM)
+    meter = CpuMeter(pids)
+    meter.start()
+    started = time.perf_counter()
+    got = 0
+    async with asyncio.timeout(cfg.ingest_timeout()):
+        while got < len(events):
+            try:
+                msgs = await sub.fetch(cfg.batch, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                await msg.ack()
+            got += len(msgs)
+    ended = await wait_settled(js, last_seq, 30.0, poll=0.002)
+    used = nats_summed(meter.stop(), nats_pids)
     wall = ended - started
     cpu = per_message({k: used[k] for k in ("bench", "nats")}, len(events))
     extra = {
@@ -575,6 +611,13 @@ async def bare_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> Rep:
         "publish-only nats µs": pub["nats"],
     }
     return Rep(len(events) / wall, cpu, extra)
+
+
+def nats_summed(used: dict[str, float], nats_pids: Mapping[str, int | None]) -> dict[str, float]:
+    """``used`` with the CPU of every server process in ``nats_pids`` summed as ``nats``."""
+    out = {k: v for k, v in used.items() if k not in nats_pids}
+    out["nats"] = sum(used[k] for k in nats_pids)
+    return out
 
 
 async def populate(data_dir: Path, n: int, tag: str, integral_floats: bool) -> float:

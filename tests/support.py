@@ -193,6 +193,20 @@ async def run_count(client: RunsClient, data_dir: Path) -> int:
     return (await client.js.stream_info("KV_RMOS_RUNS")).state.messages
 
 
+async def tamper(
+    client: RunsClient, data_dir: Path, run_id: str, change: Callable[[bytes], bytes]
+) -> None:
+    """Rewrite a stored artifact's bytes with ``change``, behind the worker's back: its file
+    (files store), else its value in the ``RMOS_RUNS`` bucket (jetstream store)."""
+    path = data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
+    if path.exists():
+        path.write_bytes(change(path.read_bytes()))
+        return
+    subject = f"$KV.RMOS_RUNS.{run_id}"
+    stored = await client.js.get_msg("KV_RMOS_RUNS", subject=subject)
+    await client.js.publish(subject, change(stored.data or b""))
+
+
 def temp_files(data_dir: Path) -> list[Path]:
     """Temp files and intents left anywhere under the data dir's scratch space."""
     return sorted(p for p in (data_dir / "tmp").rglob("*") if p.suffix in {".tmp", ".intent"})

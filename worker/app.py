@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 
 from worker import metrics
 from worker.api import Api
-from worker.connection import servers
+from worker.connection import connector, servers
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
 from worker.ingest import Ingestor
@@ -79,7 +79,9 @@ class Worker:
             on_shutdown=[self._on_shutdown],
             after_shutdown=[self._after_shutdown],
         )
-        self.store = make_store(settings, lambda: self.broker.config.connection_state.stream)
+        self.store = make_store(
+            settings, nats_url, lambda: self.broker.config.connection_state.stream
+        )
         self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
         self.dead_letters = DeadLetters(self.broker, settings)
         self.explanations = Explanations(self.store, self.broker, settings)
@@ -206,10 +208,16 @@ class Worker:
         return 1 if self.failed else 0
 
 
-def make_store(settings: Settings, js_of: Callable[[], JetStreamContext]) -> RunStore:
+def make_store(
+    settings: Settings, nats_url: str, js_of: Callable[[], JetStreamContext]
+) -> RunStore:
     """The store ``settings.store`` names (CONTRACT section 8)."""
     if settings.store == "jetstream":
         return JetStreamStore(
-            js_of, settings.subjects, settings.data_dir, timeout=settings.publish_timeout_s
+            js_of,
+            connector(nats_url, "rmos-worker-projection"),
+            settings.subjects,
+            settings.data_dir,
+            timeout=settings.publish_timeout_s,
         )
     return FileStore(settings.data_dir)

@@ -1,6 +1,11 @@
-"""How a program reaches NATS: the server list of a URL setting."""
+"""How a program reaches NATS: the server list of a URL setting, and connections to it."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client
 
 
 def servers(url: str) -> list[str]:
@@ -10,3 +15,14 @@ def servers(url: str) -> list[str]:
     if not found:
         raise ValueError("no NATS server URL given")
     return found
+
+
+def connector(url: str, name: str) -> Callable[[], Awaitable[Client]]:
+    """Connects (when called) to ``url``'s servers, reconnecting for ever once connected."""
+
+    def connect() -> Awaitable[Client]:
+        return nats.connect(
+            servers(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=1
+        )
+
+    return connect

@@ -24,6 +24,7 @@ from faststream.nats import NatsBroker
 from worker.core import lifecycle
 from worker.core.ingest import request_id_for
 from worker.core.timefmt import utc_now
+from worker.errors import UnavailableError
 from worker.metrics import PATCHES, PATCHES_IGNORED
 from worker.settings import Settings
 from worker.store.base import RunStore
@@ -32,6 +33,7 @@ from worker.store.revisions import Change
 
 log = logging.getLogger(__name__)
 SWEEP_MAX_INTERVAL_S = 30.0
+UNAVAILABLE_RETRY_S = 1.0
 
 
 class Explanations:
@@ -182,10 +184,14 @@ class Explanations:
         interval = min(self._settings.explain_timeout_s / 4, SWEEP_MAX_INTERVAL_S)
         republish = True
         while not stopping.is_set():
+            wait = interval
             try:
                 await self.sweep(republish=republish)
                 republish = False
+            except UnavailableError as exc:  # the list index is being built: soon
+                log.info("explanation sweep postponed: %s", exc)
+                wait = min(interval, UNAVAILABLE_RETRY_S)
             except Exception:
                 log.exception("explanation sweep failed; trying again later")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), interval)
+                await asyncio.wait_for(stopping.wait(), wait)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import nats
 
-from worker.connection import servers
+from worker.connection import connector, servers
 from worker.jetstream import ensure_replicated
 from worker.output import Progress, emit
 from worker.settings import Settings
@@ -46,7 +46,11 @@ async def migrate(settings: Settings, url: str) -> Report:
     nc = await nats.connect(servers(url), name="rmos-migrate", max_reconnect_attempts=-1)
     js = nc.jetstream()
     target = JetStreamStore(
-        lambda: js, settings.subjects, settings.data_dir, timeout=settings.publish_timeout_s
+        lambda: js,
+        connector(url, "rmos-migrate-projection"),  # never used: the index is not opened
+        settings.subjects,
+        settings.data_dir,
+        timeout=settings.publish_timeout_s,
     )
     report = Report()
     try:

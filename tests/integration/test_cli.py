@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 from contracts.canonical import derive_run_id
-from tests.support import ROOT, WorkerProcess, dead_letters, event, stored, wait_settled
+from tests.support import (
+    BOTH_STORES,
+    ROOT,
+    WorkerProcess,
+    dead_letters,
+    event,
+    stored,
+    tamper,
+    wait_settled,
+)
 from worker.client import RunsClient
 from worker.nats_server import NatsServer
 from worker.runner import url_file
@@ -65,16 +74,13 @@ async def publish(client: RunsClient, event_id: str, **fields: Any) -> str:
     return run_id
 
 
-def run_file(data_dir: Path, run_id: str) -> Path:
-    return data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
-
-
 def block(text: str) -> dict[str, str]:
     """A ``key: value`` block as a dict."""
     pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     return {key.strip(): value.strip() for key, value in pairs}
 
 
+@BOTH_STORES
 class TestGet:
     """``get RUN_ID``: the artifact as a key: value block, or as JSON."""
 
@@ -105,6 +111,7 @@ class TestGet:
         assert result.err.startswith("error INVALID_REQUEST: ")
 
 
+@BOTH_STORES
 class TestList:
     """``list``: every filter of the contract, one page or all of them."""
 
@@ -165,6 +172,7 @@ class TestList:
         assert result.err.startswith("error INVALID_REQUEST: ")
 
 
+@BOTH_STORES
 class TestDiffVerify:
     """``diff A B`` and ``verify RUN_ID`` (exit 1 when the run no longer matches its hashes)."""
 
@@ -195,8 +203,9 @@ class TestDiffVerify:
         assert valid.code == 0, valid.err
         assert block(valid.out.partition("\n\n")[0]) == {"run_id": run_id, "valid": "true"}
         assert "content_sha256" in valid.out
-        path = run_file(worker.data_dir, run_id)
-        path.write_bytes(path.read_bytes().replace(b'"notes":"x"', b'"notes":"y"'))
+        await tamper(
+            client, worker.data_dir, run_id, lambda data: data.replace(b'"notes":"x"', b'"n":"y"')
+        )
         invalid = await cli("verify", run_id, url=nats_server.url)
         assert invalid.code == 1, invalid.err
         assert block(invalid.out.partition("\n\n")[0])["valid"] == "false"
@@ -223,6 +232,7 @@ class TestDiffVerify:
         assert as_json.json_lines()[1]["changed"] == ["meta.ticket"]
 
 
+@BOTH_STORES
 class TestAttach:
     """``attach FILE --kind K``: stores the blob, prints its attachment entry."""
 
@@ -299,6 +309,7 @@ class TestConnection:
         assert result.json_lines()[0]["run_id"] == run_id
 
 
+@BOTH_STORES
 class TestDeadLetters:
     """``dlq list`` reads RMOS_DLQ; ``dlq replay`` publishes a dead letter's payload again."""
 

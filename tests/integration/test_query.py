@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contracts.canonical import derive_run_id
-from tests.support import BOTH_STORES, WorkerProcess, attached_blob, event, stored
+from tests.support import BOTH_STORES, WorkerProcess, attached_blob, event, stored, tamper
 from worker.client import RunsApiError, RunsClient
 
 pytestmark = pytest.mark.integration
-
-
-def run_file(data_dir: Path, run_id: str) -> Path:
-    return data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
 
 
 async def publish(client: RunsClient, event_id: str, **fields: Any) -> dict[str, object]:
@@ -77,6 +72,7 @@ class TestVerify:
             "attachments.0.size_bytes",
         ]
 
+    @BOTH_STORES
     @pytest.mark.parametrize(
         ("old", "new"),
         [(b'"notes":"x"', b'"notes":"y"'), (b'"max_depth_mm":1.2', b'"max_depth_mm":1.3')],
@@ -84,12 +80,14 @@ class TestVerify:
     async def test_artifact_byte_changed(
         self, worker: WorkerProcess, client: RunsClient, old: bytes, new: bytes
     ) -> None:
-        """A one-byte change in the artifact file makes the run invalid."""
+        """A one-byte change in the stored artifact makes the run invalid."""
         run = await publish(client, "t", notes="x")
-        path = run_file(worker.data_dir, str(run["run_id"]))
-        data = path.read_bytes()
-        assert old in data
-        path.write_bytes(data.replace(old, new))
+
+        def change(data: bytes) -> bytes:
+            assert old in data
+            return data.replace(old, new)
+
+        await tamper(client, worker.data_dir, str(run["run_id"]), change)
         report = await client.verify(str(run["run_id"]))
         assert report.valid is False
         failed = {c.name for c in report.checks if not c.ok}
@@ -104,11 +102,11 @@ class TestVerify:
         assert report.valid is False
         assert [c.name for c in report.checks if not c.ok] == ["attachments.0.sha256"]
 
+    @BOTH_STORES
     async def test_not_json_any_more(self, worker: WorkerProcess, client: RunsClient) -> None:
-        """A file that no longer parses is reported invalid, not an internal error."""
+        """Stored bytes that no longer parse are reported invalid, not an internal error."""
         run = await publish(client, "t")
-        path = run_file(worker.data_dir, str(run["run_id"]))
-        path.write_bytes(path.read_bytes()[:-1])
+        await tamper(client, worker.data_dir, str(run["run_id"]), lambda data: data[:-1])
         report = await client.verify(str(run["run_id"]))
         assert report.valid is False
         assert report.checks[0].name == "artifact"

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from worker.errors import UnavailableError
@@ -35,7 +36,13 @@ def index(tmp_path: Path) -> Iterator[RunIndex]:
 
 def projection(index: RunIndex, tmp_path: Path, last_seq: int = 100) -> Projection:
     stream = cast(JetStreamContext, _Stream(last_seq))
-    return Projection(lambda: stream, "KV_RMOS_RUNS", "$KV.RMOS_RUNS.", index, tmp_path / "lock")
+
+    async def no_follower() -> Client:
+        raise AssertionError("readers never connect")
+
+    return Projection(
+        lambda: stream, no_follower, "KV_RMOS_RUNS", "$KV.RMOS_RUNS.", index, tmp_path / "lock"
+    )
 
 
 class TestWaitApplied:

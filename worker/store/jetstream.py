@@ -38,6 +38,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     KeyValueConfig,
@@ -81,6 +82,7 @@ class JetStreamStore:
     def __init__(
         self,
         js_of: Callable[[], JetStreamContext],
+        connect: Callable[[], Awaitable[Client]],
         subjects: Subjects,
         data_dir: Path,
         *,
@@ -102,7 +104,7 @@ class JetStreamStore:
         # as the applied sequence is in the same transactions as the rows.
         self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=True)
         self.projection = Projection(
-            js_of, self.runs_stream, f"$KV.{self.runs_bucket}.", self.index,
+            js_of, connect, self.runs_stream, f"$KV.{self.runs_bucket}.", self.index,
             data_dir / "projection.lock",
         )  # fmt: skip
         self._objects: ObjectStore | None = None

@@ -21,13 +21,15 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -50,12 +52,14 @@ class Projection:
     def __init__(
         self,
         js_of: Callable[[], JetStreamContext],
+        connect: Callable[[], Awaitable[Client]],
         stream: str,
         key_prefix: str,
         index: RunIndex,
         lock_path: Path,
     ) -> None:
-        self._js_of = js_of
+        self._js_of = js_of  # the worker's connection, for readers
+        self._connect = connect  # a connection of the follower's own, in its thread
         self._stream = stream
         self._prefix = key_prefix  # "$KV.<bucket>."
         self._index = index
@@ -118,23 +122,44 @@ class Projection:
     # -- the follower (one process of the data dir) ------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Follow the stream while this process holds the lock; until ``stopping`` is set."""
+        """Follow the stream while this process holds the lock; until ``stopping`` is set.
+
+        The follower runs in a thread of its own, with its own event loop and connection: on
+        the worker's loop, busy with ingest, it got one message a turn against hundreds of
+        ingest callbacks and fell seconds behind under a flood (bench/store_bench.py)."""
+        halt = threading.Event()
+        follower = asyncio.ensure_future(asyncio.to_thread(asyncio.run, self._run(halt)))
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({follower, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halt.set()
+            stop.cancel()
+            await follower
+
+    async def _run(self, halt: threading.Event) -> None:
+        nc: Client | None = None
         failing = False
         try:
-            while not stopping.is_set():
+            while not halt.is_set():
                 if self._lock_fd is None and not self._take_lock():
-                    await _wait(stopping, RETRY_S)  # another process of this data dir follows
+                    await _pause(halt, RETRY_S)  # another process of this data dir follows
                     continue
                 try:
-                    await self._follow(stopping)
+                    if nc is None:
+                        nc = await self._connect()
+                    await self._follow(nc.jetstream(), halt)
                     failing = False
                 except (nats.errors.Error, TimeoutError, OSError) as exc:
                     if not failing:
                         log.warning("list projection interrupted (%r); resuming", exc)
                     failing = True
-                    await _wait(stopping, RETRY_S)
+                    await _pause(halt, RETRY_S)
         finally:
             self._following = False
+            if nc is not None:
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await nc.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
@@ -149,10 +174,9 @@ class Projection:
         self._lock_fd = fd
         return True
 
-    async def _follow(self, stopping: asyncio.Event) -> None:
+    async def _follow(self, js: JetStreamContext, halt: threading.Event) -> None:
         """One consumer's life: from the applied sequence until stopped, the stream is
         replaced, or a gap is seen (then the caller starts again from the index's state)."""
-        js = self._js_of()
         created = await self._check_stream(js)
         config = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
@@ -167,7 +191,7 @@ class Projection:
         checked = loop.time()
         delivered = 0  # the consumer's sequence: consecutive, or something was lost
         try:
-            while not stopping.is_set():
+            while not halt.is_set():
                 try:
                     msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
                 except TimeoutError:
@@ -176,7 +200,7 @@ class Projection:
                     if msgs[0].metadata.sequence.consumer != delivered + 1:
                         return  # a gap (the consumer was recreated by the server): start again
                     delivered = msgs[-1].metadata.sequence.consumer
-                    await asyncio.to_thread(self._apply, msgs)
+                    self._apply(msgs)  # this loop is the follower's alone: block it
                 else:
                     PROJECTION_LAG.set(value=0)
                     PROJECTION_LAG_SECONDS.set(value=0)
@@ -200,7 +224,7 @@ class Projection:
         info = await js.stream_info(self._stream)
         assert info.created is not None
         created = info.created.isoformat()
-        state = await asyncio.to_thread(self._index.state)
+        state = self._index.state()
         if state.get("stream_created") != created:
             last = info.state.last_seq
             log.log(
@@ -209,7 +233,7 @@ class Projection:
                 self._stream, created, last,
             )  # fmt: skip
             fresh = {"stream_created": created, "applied_seq": "0", "rebuild_until": str(last)}
-            await asyncio.to_thread(self._index.clear, fresh)
+            self._index.clear(fresh)
             state = fresh
         self._applied = int(state["applied_seq"])
         self._rebuild_until = int(state.get("rebuild_until", 0))
@@ -236,6 +260,9 @@ class Projection:
         PROJECTION_LAG_SECONDS.set(value=max(age, 0.0))
 
 
-async def _wait(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)
+async def _pause(halt: threading.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less once ``halt`` is set."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not halt.is_set() and loop.time() < deadline:  # noqa: ASYNC110 (a threading.Event)
+        await asyncio.sleep(0.05)
