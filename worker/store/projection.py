@@ -5,7 +5,8 @@ this host has applied of it. One process per data dir (an ``flock`` on ``project
 follows the bucket's stream with an ephemeral pull consumer from the last applied sequence and
 applies each batch, with that sequence, in one SQLite transaction: a crash keeps a batch whole or
 not at all, and the follower resumes where the index stands. Other processes sharing the data dir
-read the same file and its state.
+read the same file and its state. The follower has a thread, an event loop and a NATS connection
+of its own, so that a worker busy ingesting does not starve it.
 
 The state keeps the stream's creation time: a bucket that was deleted and recreated has another,
 and the index is emptied and rebuilt from the new stream's first message (an index left by an
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
