@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import urllib.error
 import urllib.request
@@ -19,12 +20,24 @@ from typing import Any
 
 from worker.nats_server import NatsServer, NatsServerError
 
+# Fixed ports are picked below Linux's ephemeral range (32768-60999), where the kernel never hands
+# them to outgoing connections or to servers started on port 0 meanwhile; a port taken anyway
+# before the node binds it makes the cluster start again on other ports.
+_PORTS = (10000, 32000)
+_START_ATTEMPTS = 3
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port below the ephemeral range that nothing listens on now."""
+    for _ in range(100):
+        port = random.randrange(*_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise NatsServerError(f"no free port in {_PORTS}")
 
 
 class NatsCluster:
@@ -34,22 +47,33 @@ class NatsCluster:
         self, root: Path, size: int = 3, name: str = "rmos", sync_always: bool = False
     ) -> None:
         self.host = "127.0.0.1"
-        routes = [free_port() for _ in range(size)]
-        self.monitor_ports = [free_port() for _ in range(size)]
+        self.root = root
+        self.size = size
+        self.name = name
+        self.sync_always = sync_always
+        self.monitor_ports: list[int] = []
         self.nodes: list[NatsServer] = []
-        for i in range(size):
+        self._place()
+
+    def _place(self) -> None:
+        """Nodes on newly picked ports (client, route, monitoring), with routes to each other."""
+        routes = [free_port() for _ in range(self.size)]
+        self.monitor_ports = [free_port() for _ in range(self.size)]
+        self.nodes = []
+        for i in range(self.size):
             peers = ",".join(f"nats://{self.host}:{p}" for j, p in enumerate(routes) if j != i)
             args = [
-                "--server_name", f"n{i}", "--cluster_name", name,
+                "--server_name", f"n{i}", "--cluster_name", self.name,
                 "--cluster", f"nats://{self.host}:{routes[i]}", "--routes", peers,
                 "-m", str(self.monitor_ports[i]),
             ]  # fmt: skip
-            if sync_always:  # fsync every write before its PubAck (no command-line flag for it)
-                conf = root / f"n{i}.conf"
+            if self.sync_always:  # fsync every write before its PubAck (no command-line flag)
+                conf = self.root / f"n{i}.conf"
                 conf.parent.mkdir(parents=True, exist_ok=True)
                 conf.write_text("jetstream { sync_interval: always }\n")
                 args += ["-c", str(conf)]
-            self.nodes.append(NatsServer(root / f"n{i}", port=free_port(), extra_args=args))
+            node = NatsServer(self.root / f"n{i}", port=free_port(), extra_args=args)
+            self.nodes.append(node)
 
     @property
     def url(self) -> str:
@@ -60,7 +84,18 @@ class NatsCluster:
         return [node.url for node in self.nodes]
 
     async def start(self, timeout: float = 30.0) -> str:
-        await asyncio.gather(*(node.start(timeout) for node in self.nodes))
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            started = await asyncio.gather(
+                *(node.start(timeout) for node in self.nodes), return_exceptions=True
+            )
+            failures = [r for r in started if isinstance(r, BaseException)]
+            if not failures:
+                break
+            await self.stop()
+            taken = all("address already in use" in str(f) for f in failures)
+            if not taken or attempt == _START_ATTEMPTS:
+                raise failures[0]
+            self._place()
         await self.wait_healthy(timeout)
         return self.url
 
