@@ -82,11 +82,12 @@ class BlobRequest(_Request):
 
 
 class BlobHeaders(_Request):
-    """The metadata headers of ``attachments.put``."""
+    """The metadata headers of ``attachments.put``; absent ones get CONTRACT section 5's
+    defaults (a blob without ``Rmos-Filename`` has none)."""
 
-    kind: Label
-    mime: Label
-    filename: Label
+    kind: Label = "unknown"
+    mime: Label = "application/octet-stream"
+    filename: Label | None = None
 
 
 def ok_reply(**fields: Any) -> bytes:

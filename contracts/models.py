@@ -117,6 +117,13 @@ class AdvisoryRef(_Strict):
     sha256: Sha256 | None = None
 
 
+class PatchAdvisory(AdvisoryRef):
+    """An advisory as an explainer sends it: only ``advisory_id`` is required; a missing
+    ``created_at_utc`` is set to when the worker applies the patch (CONTRACT section 4)."""
+
+    created_at_utc: Timestamp | None = None  # type: ignore[assignment]
+
+
 class _Provenance(_Strict):
     workflow_session_id: Label | None = None
     workflow_mode: Label | None = None
@@ -214,4 +221,4 @@ class ExplanationPatch(_Strict):
     status: Literal["READY", "ERROR"]
     summary: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
     error: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
-    advisory: AdvisoryRef | None = None
+    advisory: PatchAdvisory | None = None

@@ -256,16 +256,14 @@ class Api:
             raise BadRequestError(
                 ApiErrorCode.PAYLOAD_TOO_LARGE, f"{len(body)} bytes, limit {self._max_blob_bytes}"
             )
-        meta = validate(
-            BlobHeaders,
-            {
-                "kind": headers.get(KIND_HEADER),
-                "mime": headers.get(MIME_HEADER),
-                "filename": headers.get(FILENAME_HEADER),
-            },
-        )
+        given = {
+            "kind": headers.get(KIND_HEADER),
+            "mime": headers.get(MIME_HEADER),
+            "filename": headers.get(FILENAME_HEADER),
+        }
+        meta = validate(BlobHeaders, {k: v for k, v in given.items() if v is not None})
         info = await self._store.put_blob(
-            body, kind=meta.kind, mime=meta.mime, filename=meta.filename
+            body, kind=meta.kind, mime=meta.mime, filename=meta.filename or ""
         )
         return Reply(ok_reply(sha256=info.sha256, size_bytes=info.size_bytes))
 
@@ -276,16 +274,10 @@ class Api:
         if found is None:
             raise BadRequestError(ApiErrorCode.BLOB_NOT_FOUND, f"no blob {request.sha256}")
         data, info = found
-        return Reply(
-            data,
-            {
-                SHA256_HEADER: info.sha256,
-                KIND_HEADER: info.kind,
-                MIME_HEADER: info.mime,
-                FILENAME_HEADER: info.filename,
-                "content-type": info.mime,
-            },
-        )
+        headers = {SHA256_HEADER: info.sha256, KIND_HEADER: info.kind, MIME_HEADER: info.mime}
+        if info.filename:  # none was given
+            headers[FILENAME_HEADER] = info.filename
+        return Reply(data, {**headers, "content-type": info.mime})
 
 
 def patched_meta(meta: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:

@@ -122,16 +122,23 @@ class RunsClient:
         )
 
     async def put_attachment(
-        self, data: bytes, *, kind: str, mime: str, filename: str
+        self,
+        data: bytes,
+        *,
+        kind: str | None = None,
+        mime: str | None = None,
+        filename: str | None = None,
     ) -> BlobStored:
-        """Store a blob, content-addressed."""
+        """Store a blob, content-addressed; metadata left out gets the contract's defaults
+        (kind ``unknown``, mime ``application/octet-stream``, no file name)."""
         if len(data) > self.nc.max_payload:  # the server would drop the connection instead
             raise RunsApiError(
                 "PAYLOAD_TOO_LARGE",
                 f"{len(data)} bytes, server max_payload {self.nc.max_payload}",
                 {},
             )
-        headers = {KIND_HEADER: kind, MIME_HEADER: mime, FILENAME_HEADER: filename}
+        given = {KIND_HEADER: kind, MIME_HEADER: mime, FILENAME_HEADER: filename}
+        headers = {name: value for name, value in given.items() if value is not None}
         return BlobStored.model_validate(await self.request("attachments.put", data, headers))
 
     async def get_attachment(self, sha256: str) -> tuple[bytes, dict[str, str]]:

@@ -319,15 +319,29 @@ class TestAttachments:
             "a.nc",
         )
 
+    async def test_defaults(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """CONTRACT section 5: a blob sent without its headers gets the default kind and mime
+        and no file name; one header alone is kept with the other defaults."""
+        bare = await client.request("attachments.put", b"no headers at all")
+        _, headers = await client.get_attachment(bare["sha256"])
+        assert (headers["Rmos-Kind"], headers["Rmos-Mime"]) == (
+            "unknown",
+            "application/octet-stream",
+        )
+        assert "Rmos-Filename" not in headers
+        kind_only = await client.put_attachment(b"only a kind", kind="gcode")
+        _, headers = await client.get_attachment(kind_only.sha256)
+        assert (headers["Rmos-Kind"], headers["Rmos-Mime"]) == ("gcode", "application/octet-stream")
+
     async def test_refusals(self, worker: WorkerProcess, client: RunsClient) -> None:
-        """Too large, missing metadata and unknown blobs are answered with their codes."""
+        """Too large, bad metadata and unknown blobs are answered with their codes."""
         with pytest.raises(RunsApiError) as info:
             await client.put_attachment(b"x" * 800_000, kind="k", mime="m", filename="f")
         assert info.value.code == "PAYLOAD_TOO_LARGE"
         with pytest.raises(RunsApiError) as info:
-            await client.request("attachments.put", b"abc", {"Rmos-Kind": "k"})
+            await client.request("attachments.put", b"abc", {"Rmos-Kind": "k" * 200})
         assert info.value.code == "INVALID_REQUEST"
-        assert "mime" in info.value.message
+        assert "kind" in info.value.message
         with pytest.raises(RunsApiError) as info:
             await client.get_attachment("0" * 64)
         assert info.value.code == "BLOB_NOT_FOUND"

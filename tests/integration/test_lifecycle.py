@@ -124,6 +124,22 @@ class TestLifecycle:
         history = await client.history(run["run_id"])
         assert [r.change for r in history.revisions] == ["created", "explanation"]
 
+    async def test_advisory_with_only_its_id(
+        self, worker: WorkerProcess, client: RunsClient
+    ) -> None:
+        """CONTRACT section 4: an advisory needs only ``advisory_id``; the worker completes it."""
+        run = await blocked_run(client)
+        await send_patch(
+            client, run["run_id"], run["explanation_request_id"], advisory={"advisory_id": "a-9"}
+        )
+        ready = await run_at(client, run["run_id"], explanation_status="READY")
+        [entry] = ready["advisory_inputs"]
+        assert (entry["advisory_id"], entry["kind"]) == ("a-9", "unknown")
+        # set as the patch was applied: after the run was stored, by the revision's change
+        assert run["recorded_at_utc"] < entry["created_at_utc"] <= ready["updated_at_utc"]
+        assert await dead_letters(client.js) == []
+        assert (await client.verify(run["run_id"])).valid
+
     async def test_invalid_patches(self, worker: WorkerProcess, client: RunsClient) -> None:
         """Malformed, unknown-run and mismatched patches are dead-lettered INVALID_PATCH."""
         run = await blocked_run(client)

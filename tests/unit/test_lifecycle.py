@@ -258,6 +258,13 @@ class TestApply:
         assert twice["advisory_inputs"] == [ADVISORY]
         assert art["advisory_inputs"] == []
 
+    def test_advisory_completed(self) -> None:
+        """An advisory with only its id gets kind ``unknown`` and the time it is applied."""
+        art = artifact("PENDING")
+        out = apply(art, decide(art, patch(advisory={"advisory_id": "adv-2"})), NOW)
+        entry = {"advisory_id": "adv-2", "kind": "unknown", "created_at_utc": utc_text(NOW)}
+        assert out["advisory_inputs"] == [entry]
+
     def test_only_transitions_apply(self) -> None:
         """Applying an unchanged or ignored decision is a caller bug."""
         decision = Decision("ignored", "READY", "READY", "req-1", "stale")

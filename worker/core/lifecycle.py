@@ -212,7 +212,8 @@ def apply(
 
     ``bump_revision=False`` folds the change into the current revision (the ``NONE → PENDING`` of
     creation, still revision 1): then neither ``revision`` nor ``updated_at_utc`` moves.
-    The advisory is appended unless an entry with its ``advisory_id`` is already there.
+    The advisory is appended unless an entry with its ``advisory_id`` is already there; one
+    without ``kind`` or ``created_at_utc`` gets ``unknown`` and ``now`` (CONTRACT section 4).
     """
     if decision.kind != "transition":
         raise ValueError(f"nothing to apply: the decision is {decision.kind}")
@@ -221,7 +222,8 @@ def apply(
     advisories = list(artifact.get("advisory_inputs", []))
     known = {a.get("advisory_id") for a in advisories}
     if decision.advisory is not None and decision.advisory["advisory_id"] not in known:
-        out["advisory_inputs"] = [*advisories, dict(decision.advisory)]
+        entry = {"kind": "unknown", "created_at_utc": utc_text(now), **decision.advisory}
+        out["advisory_inputs"] = [*advisories, entry]
     if bump_revision:
         out["revision"] = artifact["revision"] + 1
         out["updated_at_utc"] = utc_text(now)

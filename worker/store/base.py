@@ -35,7 +35,7 @@ class BlobInfo:
     size_bytes: int
     kind: str
     mime: str
-    filename: str
+    filename: str  # "" when none was given
 
 
 class RunStore(Protocol):
