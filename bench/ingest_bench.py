@@ -40,7 +40,7 @@ import tempfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1128,20 +1128,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
     ), args.timeout
 
 
-async def bounded(cfg: Config, timeout: float) -> int:
-    """The whole run under one deadline, and SIGTERM treated like Ctrl-C (clean-up runs)."""
+async def bounded(run: Awaitable[int], timeout: float) -> int:
+    """A whole benchmark run under one deadline, SIGTERM treated like Ctrl-C (its clean-up runs);
+    the exit code: the run's, 2 past the deadline, 130 when interrupted."""
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         async with asyncio.timeout(timeout):
-            return await main(cfg)
+            return await run
     except TimeoutError:
         print(f"\nFAILED: the whole run exceeded {timeout:.0f}s", flush=True)
         print_findings()
         return 2
+    except asyncio.CancelledError:  # SIGTERM or Ctrl-C: everything started was stopped
+        print("\nINTERRUPTED", flush=True)
+        return 130
 
 
 if __name__ == "__main__":
     config, total_timeout = parse_args()
-    sys.exit(asyncio.run(bounded(config, total_timeout)))
+    sys.exit(asyncio.run(bounded(main(config), total_timeout)))

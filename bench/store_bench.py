@@ -38,7 +38,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -72,6 +71,7 @@ from ingest_bench import (
     WorkerProc,
     all_files,
     bare_consume,
+    bounded,
     connection,
     dlq_count,
     environment_notes,
@@ -930,23 +930,6 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
     return config, args.timeout
 
 
-async def bounded(cfg: Config, timeout: float) -> int:
-    """The whole run under one deadline; SIGTERM treated like Ctrl-C (clean-up runs)."""
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        async with asyncio.timeout(timeout):
-            return await main(cfg)
-    except TimeoutError:
-        print(f"\nFAILED: the whole run exceeded {timeout:.0f}s", flush=True)
-        print_findings()
-        return 2
-    except asyncio.CancelledError:  # SIGTERM or Ctrl-C: everything started was stopped
-        print("\nINTERRUPTED", flush=True)
-        return 130
-
-
 if __name__ == "__main__":
     config, total_timeout = parse_args()
-    sys.exit(asyncio.run(bounded(config, total_timeout)))
+    sys.exit(asyncio.run(bounded(main(config), total_timeout)))

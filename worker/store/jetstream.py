@@ -55,11 +55,11 @@ from contracts.canonical import sha256_hex
 from contracts.subjects import Subjects
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
-from worker.errors import RevisionConflictError, TransientError
+from worker.errors import TransientError
 from worker.store.base import BlobInfo, Created, NewRun
 from worker.store.index import Query, RunIndex
 from worker.store.projection import Projection
-from worker.store.revisions import Decide, created_entry, encode, history_entry, revised
+from worker.store.revisions import Decide, created_entry, encode, propose
 
 log = logging.getLogger(__name__)
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -246,13 +246,11 @@ class JetStreamStore:
             if found is None:
                 return None
             current, msg = found
-            if expected_revision is not None and current["revision"] != expected_revision:
-                raise RevisionConflictError(run_id, expected_revision, current["revision"])
-            wanted = decide(current)
-            if wanted is None:
+            proposed = propose(run_id, current, decide, expected_revision, now)
+            if proposed is None:
                 return current, False
-            new = revised(current, wanted, now)
-            entry_seq = await self._append_history(run_id, history_entry(new, wanted, current), msg)
+            new, entry = proposed
+            entry_seq = await self._append_history(run_id, entry, msg)
             headers = {EXPECTED_LAST_SUBJECT_SEQ: str(msg.seq), HISTORY_HEADER: str(entry_seq)}
             try:
                 ack = await self._publish(

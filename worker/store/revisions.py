@@ -89,13 +89,11 @@ class Revisions:
                 current: dict[str, Any] = json.loads(path.read_bytes())
             except FileNotFoundError:
                 return None
-            if expected is not None and current["revision"] != expected:
-                raise RevisionConflictError(run_id, expected, current["revision"])
-            wanted = decide(current)
-            if wanted is None:
+            proposed = propose(run_id, current, decide, expected, now)
+            if proposed is None:
                 return current, False
-            new = revised(current, wanted, now)
-            self._write(path, new, history_entry(new, wanted, current))
+            new, entry = proposed
+            self._write(path, new, entry)
             return new, True
 
     def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
@@ -130,7 +128,23 @@ class Revisions:
         return [entries[r] for r in sorted(entries)]
 
 
-def revised(current: dict[str, Any], wanted: Change, now: datetime) -> dict[str, Any]:
+def propose(
+    run_id: str, current: dict[str, Any], decide: Decide, expected: int | None, now: datetime
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The next revision of ``current`` and its history entry, or None when ``decide`` wants
+    no change; every store's compare-and-swap writes exactly this.
+
+    Raises ``RevisionConflictError`` when ``expected`` is not the current revision."""
+    if expected is not None and current["revision"] != expected:
+        raise RevisionConflictError(run_id, expected, current["revision"])
+    wanted = decide(current)
+    if wanted is None:
+        return None
+    new = _revised(current, wanted, now)
+    return new, _history_entry(new, wanted, current)
+
+
+def _revised(current: dict[str, Any], wanted: Change, now: datetime) -> dict[str, Any]:
     new = {**current, **wanted.updates}
     for key, value in wanted.updates.items():
         if value is None:
@@ -154,7 +168,7 @@ def changed_paths(before: dict[str, Any], after: dict[str, Any], keys: Iterable[
     return sorted(paths)
 
 
-def history_entry(new: dict[str, Any], wanted: Change, current: dict[str, Any]) -> dict[str, Any]:
+def _history_entry(new: dict[str, Any], wanted: Change, current: dict[str, Any]) -> dict[str, Any]:
     changed = changed_paths(current, new, wanted.updates)
     return {
         "revision": new["revision"],
