@@ -108,7 +108,7 @@ class JetStreamStore:
             data_dir / "projection.lock",
         )  # fmt: skip
         self._objects: ObjectStore | None = None
-        self._written = 0  # the highest sequence of the runs stream this process wrote or read
+        self._written = 0  # the highest sequence of the runs stream this process acknowledged
 
     @property
     def _js(self) -> JetStreamContext:
@@ -196,7 +196,6 @@ class JetStreamStore:
         msg = await self._last(self.runs_stream, self._run_subject(run_id))
         if msg is None or _deleted(msg):
             return None
-        self._saw(msg.seq)
         return json.loads(msg.data or b"null"), msg
 
     def _saw(self, seq: int | None) -> None:
@@ -231,6 +230,7 @@ class JetStreamStore:
             found = await self._read_run(run.run_id)
             if found is None:
                 raise TransientError(f"{run.run_id} exists but cannot be read") from None
+            self._saw(found[1].seq)  # acknowledged as a duplicate: list must show it too
             return Created(False, found[0])
         self._saw(ack.seq)
         return Created(True, run.artifact)
@@ -260,20 +260,25 @@ class JetStreamStore:
                 await asyncio.sleep(random.uniform(0, 0.005))
                 continue
             except AmbiguousWriteError:
-                if await self._landed(run_id, entry_seq):
-                    return new, True
-                raise
+                landed = await self._landed(run_id, entry_seq)
+                if landed is None:
+                    raise
+                self._saw(landed)
+                return new, True
             self._saw(ack.seq)
             return new, True
         raise TransientError(f"{run_id} kept changing under {CAS_ATTEMPTS} attempts; try again")
 
-    async def _landed(self, run_id: str, entry_seq: int) -> bool:
-        """After an unconfirmed swap: whether the artifact now names our history entry."""
+    async def _landed(self, run_id: str, entry_seq: int) -> int | None:
+        """After an unconfirmed swap: the artifact's sequence if it now names our history
+        entry (the swap landed), else None."""
         try:
             found = await self._read_run(run_id)
         except TransientError:
-            return False
-        return found is not None and (found[1].headers or {}).get(HISTORY_HEADER) == str(entry_seq)
+            return None
+        if found is None or (found[1].headers or {}).get(HISTORY_HEADER) != str(entry_seq):
+            return None
+        return found[1].seq
 
     async def _append_history(
         self, run_id: str, entry: dict[str, Any], current: RawStreamMsg
@@ -337,7 +342,7 @@ class JetStreamStore:
         return entries + chain[::-1]
 
     async def list_runs(self, query: Query) -> list[dict[str, Any]]:
-        """From this host's index, once it holds everything this process wrote or read."""
+        """From this host's index, once it holds everything this process acknowledged."""
         written = self._written
         reached = await self.projection.wait_applied(written, LIST_WAIT_S)
         if reached < written and self._written == written:  # those writes went with the bucket
