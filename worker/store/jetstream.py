@@ -332,7 +332,9 @@ class JetStreamStore:
         entries = [created_entry(artifact)]
         seq = (msg.headers or {}).get(HISTORY_HEADER)
         chain: list[dict[str, Any]] = []
-        while seq:
+        revisions = artifact.get("revision")
+        limit = revisions - 1 if isinstance(revisions, int) else 0
+        while seq and len(chain) < limit:  # bounded: a forged header cannot loop it
             try:
                 entry_msg = await self._js.get_msg(self.history_stream, seq=int(seq))
             except (nats.errors.Error, TimeoutError) as exc:
