@@ -10,7 +10,7 @@ from pathlib import Path
 
 from contracts.canonical import derive_run_id
 from contracts.subjects import Subjects
-from tests.support import WorkerProcess, event, eventually, stored, wait_settled
+from tests.support import BOTH_STORES, WorkerProcess, event, eventually, stored, wait_settled
 from worker.client import RunsApiError, RunsClient
 from worker.nats_server import NatsServer
 
@@ -58,12 +58,17 @@ async def scrape(port: int) -> dict[str, float]:
     return samples
 
 
+@BOTH_STORES
 class TestMetrics:
     async def test_counts_what_the_worker_did(
-        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
+        self,
+        nats_server: NatsServer,
+        client: RunsClient,
+        tmp_path: Path,
+        store_env: dict[str, str],
     ) -> None:
         port = free_ports(1)
-        env = {"RMOS_METRICS_PORT": str(port)}
+        env = {**store_env, "RMOS_METRICS_PORT": str(port)}
         proc = WorkerProcess(nats_server.url, tmp_path / "data", env=env)
         await proc.start(client)
         await client.publish_event(event("fine"))
@@ -84,11 +89,15 @@ class TestMetrics:
         assert await proc.terminate() == 0
 
     async def test_a_port_for_each_process(
-        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
+        self,
+        nats_server: NatsServer,
+        client: RunsClient,
+        tmp_path: Path,
+        store_env: dict[str, str],
     ) -> None:
         """``--processes 2``: the sibling serves its own counters on the next port."""
         port = free_ports(2)
-        env = {"RMOS_METRICS_PORT": str(port), "RMOS_PROCESSES": "2"}
+        env = {**store_env, "RMOS_METRICS_PORT": str(port), "RMOS_PROCESSES": "2"}
         proc = WorkerProcess(nats_server.url, tmp_path / "data", env=env)
         await proc.start(client)
 
