@@ -6,12 +6,14 @@ with the files store, and against a fresh 3-node JetStream cluster with the jets
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import WorkerProcess
+from tests.support import SmallDisk, WorkerProcess
 from worker.client import RunsClient
 from worker.nats_cluster import NatsCluster
 from worker.nats_server import NatsServer
@@ -74,3 +76,17 @@ async def worker(
     finally:
         if proc.proc is not None and proc.proc.returncode is None:
             await proc.terminate()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A 32 MiB tmpfs at ``tmp_path / "disk"``, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs to fill up needs root")
+    disk = SmallDisk(tmp_path / "disk")
+    try:
+        disk.mount()
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc.stderr.decode(errors='replace').strip()}")
+    yield disk
+    disk.unmount()

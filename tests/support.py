@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -230,3 +232,43 @@ async def attached_blob(
         "filename": filename,
         "size_bytes": put.size_bytes,
     }
+
+
+class SmallDisk:
+    """A small tmpfs of its own (mounting needs root), to be filled up and given space again."""
+
+    def __init__(self, path: Path, size_mib: int = 32) -> None:
+        self.path = path
+        self.size_mib = size_mib
+        self._filler = path / "filler"
+
+    def mount(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size_mib}m", "tmpfs", str(self.path)],
+            check=True,
+            capture_output=True,
+        )
+
+    def unmount(self) -> None:
+        # Lazy: a worker still holding files in it is reaped after this fixture.
+        subprocess.run(["umount", "-l", str(self.path)], check=False, capture_output=True)
+
+    def fill(self) -> None:
+        """Take every free byte: the next write of anything fails with ENOSPC."""
+        fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            for chunk in (1 << 20, 4096, 1):
+                block = b"\0" * chunk
+                while True:
+                    try:
+                        os.write(fd, block)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self._filler.unlink(missing_ok=True)

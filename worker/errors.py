@@ -2,8 +2,10 @@
 
 WorkerError
 ├── RejectedError      refused for good: a dead letter (stream) or an error reply (API)
-└── TransientError     a passing cause (disk full, lost connection): nak with a growing delay
-    └── UnavailableError   not ready to answer (an index rebuilding or behind): retry later
+└── TransientError     a passing cause that belongs to one message: nak with a growing delay
+    ├── UnavailableError   not ready to answer (an index rebuilding or behind): retry later
+    └── StoreOutageError   the store as a whole fails (no space, I/O errors, no leader): the
+                           consumers pause and retry the same write (``worker.outage``)
 """
 
 from __future__ import annotations
@@ -41,3 +43,9 @@ class RevisionConflictError(WorkerError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"run {run_id} is at revision {actual}, not {expected}")
+
+
+class StoreOutageError(TransientError):
+    """The store fails as a whole, whatever the message: no space, I/O errors, a read-only file
+    system, a JetStream store unreachable or without a leader. Nothing is wrong with the
+    message, so no delivery is spent on it: the consumers hold their messages and retry."""

@@ -7,6 +7,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from worker.errors import TransientError
+from tests.support import SmallDisk, temp_files
+from worker.errors import StoreOutageError
 from worker.store.base import NewRun
 from worker.store.files import FileStore
 from worker.store.revisions import encode
@@ -74,16 +76,16 @@ class TestCreate:
         """A run that was never created reads as None."""
         assert await store.get_run(rid(99)) is None
 
-    async def test_disk_error_is_transient(
+    async def test_disk_error_is_an_outage(
         self, store: FileStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A full disk fails the whole batch as transient, and nothing is created."""
+        """A full disk fails the whole batch as the store's outage, and nothing is created."""
 
         def full(fd: int, data: object) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(os, "write", full)
-        with pytest.raises(TransientError):
+        with pytest.raises(StoreOutageError, match="No space left on device"):
             await store.create_runs([NewRun(rid(1), art(rid(1)))])
         monkeypatch.undo()
         assert await store.get_run(rid(1)) is None
@@ -185,7 +187,106 @@ class TestAcrossProcesses:
             with ThreadPoolExecutor(len(spaces)) as pool:
                 list(pool.map(lambda space: space.open([]), spaces))
             try:
-                assert all(space.write_temp("x", b"x").exists() for space in spaces)
+                for space in spaces:
+                    with space.scratch() as scratch:
+                        assert scratch.temp("x", b"x").exists()
             finally:
                 for space in spaces:
                     space.close()
+
+
+def _failing_writes(monkeypatch: pytest.MonkeyPatch, fail_at: int, code: int) -> None:
+    """``os.write`` fails with ``code`` from its ``fail_at``-th call on."""
+    real, calls = os.write, [0]
+
+    def write(fd: int, data: Any) -> int:
+        calls[0] += 1
+        if calls[0] > fail_at:
+            raise OSError(code, os.strerror(code))
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+class TestFailedWrites:
+    """A write that fails leaves nothing in the temp dir and nothing half-made (issue 13): a live
+    worker may fail thousands of commits during a disk-full outage."""
+
+    @pytest.mark.parametrize("fail_at", range(4))  # the intent, then each of three temp files
+    async def test_commit_cleans_up(
+        self, store: FileStore, monkeypatch: pytest.MonkeyPatch, fail_at: int
+    ) -> None:
+        runs = [NewRun(rid(i), art(rid(i))) for i in range(3)]
+        _failing_writes(monkeypatch, fail_at, errno.ENOSPC)
+        with pytest.raises(StoreOutageError, match="group commit failed: No space left"):
+            await store.create_runs(runs)
+        monkeypatch.undo()
+        assert temp_files(store.root) == []
+        assert [await store.get_run(r.run_id) for r in runs] == [None] * 3
+        assert [c.created for c in await store.create_runs(runs)] == [True] * 3
+
+    @pytest.mark.parametrize("flush", [1, 2])
+    async def test_failed_flush(
+        self, store: FileStore, monkeypatch: pytest.MonkeyPatch, flush: int
+    ) -> None:
+        """An I/O error at either flush is an outage; retried, the same batch ends stored and
+        indexed (after the second flush failed, its runs are linked already: duplicates)."""
+        real, calls = store.workspace.flush, [0]
+
+        def flaky(*args: Any, **kwargs: Any) -> None:
+            calls[0] += 1
+            if calls[0] == flush:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            real(*args, **kwargs)
+
+        monkeypatch.setattr(store.workspace, "flush", flaky)
+        runs = [NewRun(rid(i), art(rid(i))) for i in range(3)]
+        with pytest.raises(StoreOutageError, match="Input/output error"):
+            await store.create_runs(runs)
+        assert temp_files(store.root) == []
+        retried = await store.create_runs(runs)
+        assert [c.created for c in retried] == [flush == 1] * 3
+        assert [c.stored["run_id"] for c in retried] == [r.run_id for r in runs]
+        assert store.index.count() == 3
+
+    async def test_index_failure_is_an_outage(
+        self, store: FileStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def full(*args: Any) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store.index, "upsert", full)
+        with pytest.raises(StoreOutageError, match="index: database or disk is full"):
+            await store.create_runs([NewRun(rid(1), art(rid(1)))])
+        assert temp_files(store.root) == []
+
+    @pytest.mark.parametrize("fail_at", range(2))  # the metadata, then the bytes
+    async def test_blob_cleans_up(
+        self, store: FileStore, monkeypatch: pytest.MonkeyPatch, fail_at: int
+    ) -> None:
+        _failing_writes(monkeypatch, fail_at, errno.ENOSPC)
+        with pytest.raises(StoreOutageError, match="blob write failed"):
+            await store.put_blob(b"gcode", kind="gcode", mime="text/plain", filename="a.nc")
+        monkeypatch.undo()
+        assert temp_files(store.root) == []
+        info = await store.put_blob(b"gcode", kind="gcode", mime="text/plain", filename="a.nc")
+        assert await store.get_blob(info.sha256) == (b"gcode", info)
+
+
+async def test_full_file_system(small_disk: SmallDisk) -> None:
+    """On a real full file system: the commit fails as an outage and leaves no litter; given
+    space, the same commit works."""
+    store = FileStore(small_disk.path / "data")
+    await store.open()
+    try:
+        runs = [NewRun(rid(i), art(rid(i), "f")) for i in range(50)]
+        small_disk.fill()
+        for _ in range(20):
+            with pytest.raises(StoreOutageError, match="No space left on device"):
+                await store.create_runs(runs)
+        assert temp_files(store.root) == []
+        small_disk.free()
+        assert [c.created for c in await store.create_runs(runs)] == [True] * 50
+        assert store.index.count() == 50
+    finally:
+        store.close()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from tests.support import temp_files
 from worker.core.ingest import build_artifact, check_event
-from worker.errors import RevisionConflictError
+from worker.errors import RevisionConflictError, StoreOutageError
 from worker.store.base import NewRun
 from worker.store.files import FileStore
 from worker.store.revisions import Change
@@ -94,10 +97,57 @@ class TestCrashWindow:
         history = await store.history(run["run_id"])
         assert history is not None
         assert [h["revision"] for h in history] == [1]
-        await store.update_run(run["run_id"], lambda _: set_meta(b=2))
+        await store.update_run(run["run_id"], lambda _: set_meta(a=1, b=2))
         history = await store.history(run["run_id"])
         assert history is not None
         assert [(h["revision"], h["by"]) for h in history] == [
             (1, "event engine-a:e1"),
             (2, "test"),
         ]
+
+
+class TestFailedChanges:
+    """A change that fails (a full disk) leaves the history and the temp dir as they were."""
+
+    @pytest.mark.parametrize("fail_at", range(3))  # the history line, the intent, the temp file
+    async def test_no_litter_no_torn_line(
+        self, store: FileStore, monkeypatch: pytest.MonkeyPatch, fail_at: int
+    ) -> None:
+        run = await a_run(store)
+        await store.update_run(run["run_id"], lambda _: set_meta(a=1))
+        history_file = store.revisions._history_path(run["run_id"])
+        before = history_file.read_bytes()
+        real, calls = os.write, [0]
+
+        def write(fd: int, data: Any) -> int:
+            calls[0] += 1
+            if calls[0] > fail_at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if calls[0] == 1:  # a short write first, as a filling disk does
+                return real(fd, bytes(data)[:7])
+            return real(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+        with pytest.raises(StoreOutageError, match="No space left on device"):
+            await store.update_run(run["run_id"], lambda _: set_meta(a=1, b=2))
+        monkeypatch.undo()
+        assert temp_files(store.root) == []
+        if fail_at == 0:
+            assert history_file.read_bytes() == before  # the partial line was cut off again
+        assert (await store.get_run(run["run_id"]) or {})["revision"] == 2
+        await store.update_run(run["run_id"], lambda _: set_meta(a=1, b=2))
+        history = await store.history(run["run_id"]) or []
+        assert [(h["revision"], h["changed"]) for h in history] == [
+            (1, []),
+            (2, ["meta.a"]),
+            (3, ["meta.b"]),
+        ]
+
+    async def test_torn_line_is_ended(self, store: FileStore) -> None:
+        """A line torn by a crash is skipped and does not swallow the next change's line."""
+        run = await a_run(store)
+        history_file = store.revisions._history_path(run["run_id"])
+        history_file.write_bytes(b'{"revision": 2, "at": "20')
+        await store.update_run(run["run_id"], lambda _: set_meta(a=1))
+        history = await store.history(run["run_id"]) or []
+        assert [(h["revision"], h["changed"]) for h in history] == [(1, []), (2, ["meta.a"])]

@@ -18,6 +18,7 @@ files and the batch's intent, links, one index transaction, one flush for links 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from contracts.canonical import sha256_file, sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
-from worker.errors import TransientError
+from worker.errors import StoreOutageError, TransientError
 from worker.store.base import BlobInfo, Created, NewRun
 from worker.store.index import Query, RunIndex
 from worker.store.revisions import Decide, Revisions, encode
@@ -53,6 +54,8 @@ async def _read(path: Path) -> bytes | None:
             return await fh.read()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _failed("read", exc) from exc
 
 
 class FileStore:
@@ -180,7 +183,7 @@ class FileStore:
                 update, path, decide, expected=expected_revision, now=now
             )
         except (OSError, sqlite3.Error) as exc:
-            raise TransientError(f"update of {run_id} failed: {exc}") from exc
+            raise _failed(f"update of {run_id}", exc) from exc
 
     async def history(self, run_id: str) -> list[dict[str, Any]] | None:
         """Every revision of a run, oldest first; None when it is absent."""
@@ -195,14 +198,16 @@ class FileStore:
         try:
             return await asyncio.to_thread(self._commit, runs)
         except (OSError, sqlite3.Error) as exc:
-            raise TransientError(f"group commit failed: {exc}") from exc
+            raise _failed("group commit", exc) from exc
 
     def _commit(self, runs: Sequence[NewRun]) -> list[Created]:
         """Group commit: write all, flush, link all, index, flush. Runs in a worker thread."""
         finals = [self.run_path(run.run_id) for run in runs]
-        intent = self.workspace.write_intent(run.run_id for run in runs)
-        temps = [self.workspace.write_temp(run.run_id, encode(run.artifact)) for run in runs]
-        try:
+        # The intent goes with the scratch only once links and index are durable, or after a
+        # failure (the unacked batch is retried and repairs the index); a crash leaves it.
+        with self.workspace.scratch() as scratch:
+            intent = scratch.intent(run.run_id for run in runs)
+            temps = [scratch.temp(run.run_id, encode(run.artifact)) for run in runs]
             self.workspace.flush(files=[intent, *temps])
             results = [
                 Created(True, run.artifact) if _link(temp, final) else Created(False, _load(final))
@@ -213,10 +218,6 @@ class FileStore:
             self.index.upsert(result.stored for result in results)
             # One flush for the links and the index together (see ``RunIndex``).
             self.workspace.flush(dirs={final.parent for final in finals})
-        finally:
-            for temp in temps:
-                temp.unlink(missing_ok=True)
-        intent.unlink()  # only once links and index are durable: a crash before leaves it
         return results
 
     async def blob_size(self, sha256: str) -> int | None:
@@ -224,6 +225,8 @@ class FileStore:
             return (await asyncio.to_thread(self.blob_path(sha256).stat)).st_size
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _failed("blob look-up", exc) from exc
 
     async def put_blob(self, data: bytes, *, kind: str, mime: str, filename: str) -> BlobInfo:
         """Store bytes under their SHA-256, once: the same bytes again keep the first metadata."""
@@ -231,23 +234,20 @@ class FileStore:
         try:
             await asyncio.to_thread(self._put_blob, info, data)
         except OSError as exc:
-            raise TransientError(f"blob not stored: {exc}") from exc
+            raise _failed("blob write", exc) from exc
         return await self.get_blob_info(info.sha256) or info
 
     def _put_blob(self, info: BlobInfo, data: bytes) -> None:
         path = self.blob_path(info.sha256)
         if path.exists():
             return
-        meta = self.workspace.write_temp(path.name, encode(asdict(info)))
-        blob = self.workspace.write_temp(path.name, data)
-        try:
+        with self.workspace.scratch() as scratch:
+            meta = scratch.temp(path.name, encode(asdict(info)))
+            blob = scratch.temp(path.name, data)
             self.workspace.flush(files=[meta, blob])
             _link(meta, path.with_suffix(".json"))  # metadata first: a blob never lacks it
             _link(blob, path)
             self.workspace.flush(dirs=[path.parent])
-        finally:
-            meta.unlink(missing_ok=True)
-            blob.unlink(missing_ok=True)
 
     async def get_blob_info(self, sha256: str) -> BlobInfo | None:
         meta = await _read(self.blob_path(sha256).with_suffix(".json"))
@@ -259,6 +259,40 @@ class FileStore:
         info = await self.get_blob_info(sha256)
         data = await _read(self.blob_path(sha256)) if info is not None else None
         return None if data is None or info is None else (data, info)
+
+
+# OS errors that say the file system fails as a whole, whichever run is written: an outage.
+# Others (a shard that is not a directory, say) concern some run ids only and are retried with
+# the message, so that one damaged corner cannot stall every event.
+_STORE_DOWN_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,  # no space
+        errno.EDQUOT,  # over quota
+        errno.EIO,  # I/O error (a failing disk, a lost network mount)
+        errno.EROFS,  # remounted read-only after errors
+        errno.EACCES,  # permissions of the data dir changed
+        errno.EPERM,
+        errno.ENOMEM,
+        errno.EMFILE,  # out of file descriptors
+        errno.ENFILE,
+        errno.ESTALE,  # a network file system's handle gone
+        errno.ENOTCONN,
+    }
+)
+
+
+def _failed(what: str, exc: OSError | sqlite3.Error) -> TransientError:
+    """The error a failed file or index operation becomes: a ``StoreOutageError`` (ingest
+    pauses until the store works again) when the file system or the index fails as a whole,
+    else a ``TransientError`` retried with the message."""
+    if isinstance(exc, OSError):
+        reason = exc.strerror or repr(exc)
+        if exc.errno in _STORE_DOWN_ERRNOS:
+            return StoreOutageError(f"{what} failed: {reason}")
+        return TransientError(f"{what} failed: {reason}")
+    if isinstance(exc, sqlite3.OperationalError):  # full, I/O, read-only, locked: the index's
+        return StoreOutageError(f"{what} failed: index: {exc}")
+    return TransientError(f"{what} failed: index: {exc!r}")
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from contracts.canonical import sha256_hex
 from contracts.subjects import Subjects
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
-from worker.errors import TransientError
+from worker.errors import StoreOutageError, TransientError
 from worker.store.base import BlobInfo, Created, NewRun
 from worker.store.index import Query, RunIndex
 from worker.store.projection import Projection
@@ -72,7 +72,19 @@ CAS_ATTEMPTS = 64
 LIST_WAIT_S = 2.0  # CONTRACT section 8: every worker lists a run within 2 s
 
 
-class AmbiguousWriteError(TransientError):
+# The server refuses for want of a leader, of space or of a quota, whatever the message: an
+# outage (with HTTP-like code 503, e.g. 10077 "maximum bytes exceeded" of a full bucket, or not).
+STORE_DOWN = {
+    10002,  # JSAccountResourcesExceededErr
+    10008,  # JSClusterNotAvailErr: JetStream system temporarily unavailable
+    10009,  # JSClusterNotLeaderErr
+    10023,  # JSInsufficientResourcesErr
+    10028,  # JSMemoryResourcesExceededErr
+    10047,  # JSStorageResourcesExceededErr
+}
+
+
+class AmbiguousWriteError(StoreOutageError):
     """A write whose outcome is unknown (no PubAck in time, no leader): it may have landed."""
 
 
@@ -171,9 +183,9 @@ class JetStreamStore:
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code == NO_MESSAGE:
                 return None
-            raise TransientError(f"{stream}: {exc.description}") from exc
+            raise StoreOutageError(f"{stream}: {exc.description}") from exc  # the stream is gone
         except (nats.errors.Error, TimeoutError) as exc:
-            raise TransientError(f"read from {stream} failed: {exc!r}") from exc
+            raise StoreOutageError(f"read from {stream} failed: {exc!r}") from exc
 
     async def _publish(
         self, subject: str, data: bytes, headers: dict[str, str], *, stream: str
@@ -186,10 +198,10 @@ class JetStreamStore:
         except nats.js.errors.APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise
-            if exc.code == 503:  # no responders: no leader (an election) or no stream
-                raise AmbiguousWriteError(f"{stream} has no leader now: {exc}") from exc
+            if exc.code == 503 or exc.err_code in STORE_DOWN:  # refused: it did not land
+                raise StoreOutageError(f"write to {stream} refused: {exc.description}") from exc
             raise TransientError(f"write to {stream} refused: {exc.description}") from exc
-        except (nats.errors.Error, TimeoutError) as exc:
+        except (nats.errors.Error, TimeoutError) as exc:  # no answer, no responders: no leader
             raise AmbiguousWriteError(f"write to {stream} unconfirmed: {exc!r}") from exc
 
     async def _read_run(self, run_id: str) -> tuple[dict[str, Any], RawStreamMsg] | None:
@@ -212,11 +224,11 @@ class JetStreamStore:
         """Every create of the batch in flight together; the batch is durable when each has its
         PubAck. An ambiguous outcome raises (the batch is nacked; the redelivery reads)."""
         results = await asyncio.gather(*(self._create(run) for run in runs), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                if isinstance(result, TransientError):
-                    raise result
-                raise TransientError(f"create failed: {result!r}") from result
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in sorted(failures, key=lambda f: not isinstance(f, StoreOutageError)):
+            if isinstance(failure, TransientError):  # an outage first: the batch waits it out
+                raise failure
+            raise TransientError(f"create failed: {failure!r}") from failure
         return [r for r in results if isinstance(r, Created)]
 
     async def _create(self, run: NewRun) -> Created:
@@ -228,8 +240,8 @@ class JetStreamStore:
             )
         except nats.js.errors.APIError:  # the key exists: who holds it?
             found = await self._read_run(run.run_id)
-            if found is None:
-                raise TransientError(f"{run.run_id} exists but cannot be read") from None
+            if found is None:  # a leader just elected, not yet caught up
+                raise StoreOutageError(f"{run.run_id} exists but cannot be read") from None
             self._saw(found[1].seq)  # acknowledged as a duplicate: list must show it too
             return Created(False, found[0])
         self._saw(ack.seq)
@@ -338,7 +350,7 @@ class JetStreamStore:
             try:
                 entry_msg = await self._js.get_msg(self.history_stream, seq=int(seq))
             except (nats.errors.Error, TimeoutError) as exc:
-                raise TransientError(f"history of {run_id} unreadable: {exc!r}") from exc
+                raise StoreOutageError(f"history of {run_id} unreadable: {exc!r}") from exc
             chain.append(json.loads(entry_msg.data or b"{}"))
             seq = (entry_msg.headers or {}).get(PREV_HEADER)
         return entries + chain[::-1]
@@ -391,7 +403,7 @@ class JetStreamStore:
         try:
             await self._object_store.put(info.sha256, data)
         except (nats.errors.Error, TimeoutError) as exc:
-            raise TransientError(f"blob not stored: {exc!r}") from exc
+            raise StoreOutageError(f"blob not stored: {exc!r}") from exc
         subject = f"$KV.{self.blob_meta_bucket}.{info.sha256}"
         with contextlib.suppress(nats.js.errors.APIError):  # another put was first: it stays
             await self._publish(
@@ -407,8 +419,10 @@ class JetStreamStore:
             result = await self._object_store.get(sha256)
         except nats.js.errors.ObjectNotFoundError:
             return None
-        except (nats.errors.Error, TimeoutError) as exc:
+        except nats.js.errors.DigestMismatchError as exc:  # this blob's fault, not the store's
             raise TransientError(f"blob {sha256} unreadable: {exc!r}") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise StoreOutageError(f"blob {sha256} unreadable: {exc!r}") from exc
         return bytes(result.data or b"")
 
     async def _blob_facts(self, sha256: str) -> tuple[str, int] | None:

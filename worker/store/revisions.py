@@ -12,7 +12,9 @@ Only ``meta``, ``advisory_inputs`` and the ``explanation_*`` fields ever change 
 
 A crash after the history line but before the rename leaves a line for a revision the
 artifact never reached: readers keep only entries up to the artifact's revision, the last one
-written for each, so a retried change overwrites it.
+written for each, so a retried change overwrites it. A line torn by a crash is skipped, and the
+next append ends it first; a failed append is cut off again. A failed change leaves no temp
+file or intent behind (``Workspace.scratch``).
 """
 
 from __future__ import annotations
@@ -98,21 +100,14 @@ class Revisions:
 
     def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
         history = self._history_path(path.stem)
-        fd = os.open(history, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, encode(entry) + b"\n")
-        finally:
-            os.close(fd)
-        intent = self._workspace.write_intent([path.stem])
-        temp = self._workspace.write_temp(path.stem, encode(new))
-        try:
+        _append_line(history, encode(entry))
+        with self._workspace.scratch() as scratch:
+            intent = scratch.intent([path.stem])
+            temp = scratch.temp(path.stem, encode(new))
             self._workspace.flush(files=[history, intent, temp])
             os.replace(temp, path)
             self._index.upsert([new])
             self._workspace.flush(dirs=[path.parent])
-        finally:
-            temp.unlink(missing_ok=True)
-        intent.unlink()
 
     def history(self, artifact: dict[str, Any]) -> list[dict[str, Any]]:
         """Every revision, oldest first: creation, then each change that reached the artifact."""
@@ -122,10 +117,32 @@ class Revisions:
         except FileNotFoundError:
             lines = []
         for line in lines:
-            entry = json.loads(line)
+            try:
+                entry = json.loads(line)
+            except ValueError:  # torn by a crash before its flush: it never reached the artifact
+                continue
             if 1 < entry["revision"] <= artifact["revision"]:
                 entries[entry["revision"]] = entry  # the last one written wins
         return [entries[r] for r in sorted(entries)]
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line whole or not at all: a failed write (a full disk) is cut off again, and a
+    line torn by a crash is ended first, so that it never swallows the next one."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        try:
+            view = memoryview(line + b"\n")
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def propose(

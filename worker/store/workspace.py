@@ -9,6 +9,10 @@ workers may share one data dir.
 An *intent* is a temp file naming the runs of a commit in progress, flushed with the commit's
 first flush and removed once the commit (index included) is done. The intents of a process that
 died say which runs may be on disk but missing from the index.
+
+A commit writes its temp files and intent through a :meth:`Workspace.scratch`: when it ends,
+finished or failed, they are removed, so a live process leaves nothing behind however often
+its writes fail (a full disk, say); only a crash leaves them, for the next start to sweep.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from worker.store.durable import SYNCFS_AVAILABLE, Flusher
@@ -75,22 +80,16 @@ class Workspace:
             shutil.rmtree(child, ignore_errors=True)
         return unfinished
 
-    def write_intent(self, names: Iterable[str]) -> Path:
-        """An intent listing ``names`` (not yet flushed: the commit's first flush does it)."""
-        return self.write_temp("commit", "\n".join(names).encode(), suffix=".intent")
-
-    def write_temp(self, stem: str, data: bytes, suffix: str = ".tmp") -> Path:
-        """A new temp file holding ``data`` (not yet flushed)."""
+    @contextmanager
+    def scratch(self) -> Iterator[Scratch]:
+        """Temp files and intents for one write, all removed when the block ends."""
         assert self._dir is not None, "open() the store first"
-        path = self._dir / f"{stem}.{next(self._names)}{suffix}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        scratch = Scratch(self._dir, self._names)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            yield scratch
         finally:
-            os.close(fd)
-        return path
+            for path in scratch.made:
+                path.unlink(missing_ok=True)
 
     @property
     def batched(self) -> bool:
@@ -111,6 +110,32 @@ class Workspace:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+class Scratch:
+    """The temp files of one write (see :meth:`Workspace.scratch`)."""
+
+    def __init__(self, directory: Path, names: Iterator[int]) -> None:
+        self._dir = directory
+        self._names = names
+        self.made: list[Path] = []
+
+    def intent(self, names: Iterable[str]) -> Path:
+        """An intent listing ``names`` (not yet flushed: the commit's first flush does it)."""
+        return self.temp("commit", "\n".join(names).encode(), suffix=".intent")
+
+    def temp(self, stem: str, data: bytes, suffix: str = ".tmp") -> Path:
+        """A new temp file holding ``data`` (not yet flushed)."""
+        path = self._dir / f"{stem}.{next(self._names)}{suffix}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.made.append(path)  # from here on, removed with the scratch, written or not
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        return path
 
 
 def _owner_alive(temp_dir: Path) -> bool:
