@@ -37,7 +37,12 @@ from worker.core.cursor import CursorError, decode_cursor, encode_cursor
 from worker.core.diff import diff_runs
 from worker.core.ingest import describe_errors
 from worker.core.timefmt import utc_now, utc_text
-from worker.errors import RejectedError, RevisionConflictError, TransientError
+from worker.errors import (
+    RejectedError,
+    RevisionConflictError,
+    StoreOutageError,
+    TransientError,
+)
 from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Stored
 from worker.metrics import API_REQUESTS
@@ -135,6 +140,8 @@ class Api:
             return _error(
                 ApiErrorCode.REVISION_CONFLICT, str(exc), expected=exc.expected, actual=exc.actual
             )
+        except StoreOutageError as exc:
+            return _error(ApiErrorCode.UNAVAILABLE, f"store down: {exc}; try again", retryable=True)
         except TransientError as exc:
             return _error(ApiErrorCode.UNAVAILABLE, f"{exc}; try again", retryable=True)
         except Exception:

@@ -33,6 +33,7 @@ from worker.jetstream import (
     events_consumer_config,
     patches_consumer_config,
 )
+from worker.outage import Outage
 from worker.patches import PatchConsumer
 from worker.settings import Settings
 from worker.store.base import RunStore
@@ -92,6 +93,11 @@ class Worker:
         self._stops: list[Callable[[], None]] = []
         self._sweeps_stop = asyncio.Event()
         self._metrics: asyncio.Server | None = None
+        self.outage = Outage(
+            keepalive_s=max(settings.ack_wait_s / 3, 0.2),
+            first_delay_s=settings.nak_base_delay_s,
+            max_delay_s=settings.store_retry_max_s,
+        )
         self.on_stopping: list[Callable[[], None]] = []  # called first when the worker stops
         self._stopping = False
         self.failed = False
@@ -148,9 +154,11 @@ class Worker:
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream
         events = EventConsumer(
-            js, self.ingestor, self.dead_letters, self.explanations, self.settings
+            js, self.ingestor, self.dead_letters, self.explanations, self.settings, self.outage
         )
-        patches = PatchConsumer(js, self.explanations, self.dead_letters, self.settings)
+        patches = PatchConsumer(
+            js, self.explanations, self.dead_letters, self.settings, self.outage
+        )
         self._stops = [events.stop, patches.stop, self._sweeps_stop.set]
         jobs = [
             ("events-consumer", events.run()),

@@ -5,6 +5,8 @@ This is the one place where outcomes become JetStream acknowledgements:
     Stored (new or duplicate)        ack, after the batch is durable (and a due explanation
                                      request is published)
     RejectedError                    dead letter (awaiting its PubAck), then term
+    StoreOutageError                 held and kept alive, the same write retried until the store
+                                     works (``worker.outage``); no delivery is spent
     TransientError / a failed DLQ    nak with a delay growing with the delivery count
     ... on the last allowed delivery dead letter MAX_DELIVERIES, then term
 
@@ -35,14 +37,16 @@ from contracts.codes import DeadLetterCode
 from contracts.subjects import EVENTS_CONSUMER
 from worker.core.dead_letter import dead_letter, dead_letter_msg_id
 from worker.core.timefmt import utc_now
-from worker.errors import RejectedError
+from worker.errors import RejectedError, StoreOutageError
 from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Prepared, Stored
 from worker.metrics import DEAD_LETTERS, EVENTS, GROUP_COMMITS
+from worker.outage import Outage
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 IDLE_FETCH_S = 1.0  # how long one idle fetch waits; also bounds how long stop() waits for it
+FETCH_RETRY_S = 0.5  # after a fetch that failed (not one that found nothing)
 
 
 class DeadLetters:
@@ -130,12 +134,15 @@ class EventConsumer:
         dead_letters: DeadLetters,
         explanations: Explanations,
         settings: Settings,
+        outage: Outage,
     ) -> None:
         self._js = js
         self._ingestor = ingestor
         self._explanations = explanations
         self._dead_letters = dead_letters
         self._settings = settings
+        self._outage = outage
+        self._fetch_failures = FetchFailures("events")
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -148,10 +155,12 @@ class EventConsumer:
         committing: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
+                await self._outage.passable(self._stopping)  # fetch nothing while it is down
                 msgs = await self._next_batch(sub)
                 if msgs and self._stopping.is_set():  # hand back at once, for another worker
                     await together(m.nak() for m in msgs)
                 elif msgs:
+                    self._outage.hold(msgs)  # until settled
                     prepared = await self._prepare(msgs, committing)
                     if committing is not None:
                         await committing
@@ -182,9 +191,9 @@ class EventConsumer:
         except TimeoutError:  # nats-py raises both its own and asyncio's
             return []
         except nats.errors.Error as exc:  # disconnected, reconnecting: do not spin
-            log.warning("fetch failed (%s); retrying", exc)
-            await asyncio.sleep(0.5)
+            await self._fetch_failures.failed(exc)
             return []
+        self._fetch_failures.worked()
         linger = max(self._settings.batch_linger_s, 0.001)
         while len(msgs) < self._settings.batch_size:  # each round adds one or more, or ends
             try:
@@ -197,23 +206,46 @@ class EventConsumer:
         self, msgs: Sequence[Msg], committing: asyncio.Task[None] | None
     ) -> Prepared | None:
         """The prepared batch; None when it failed and was handled the careful way instead."""
+        failure: Exception | None = None
         try:
-            return await self._ingestor.prepare(_deliveries(msgs))
+            return await self._prepared(msgs)
+        except StoreOutageError:  # stopping while the store is down
+            pass
         except Exception as exc:
             failure = exc
         if committing is not None:  # keep commits in stream order
             await committing
-        await self._isolate(msgs, failure)
+        try:
+            if failure is None:
+                await self._hand_back(msgs)
+            else:
+                await self._isolate(msgs, failure)
+        finally:
+            self._outage.release(msgs)
         return None
+
+    async def _prepared(self, msgs: Sequence[Msg]) -> Prepared:
+        deliveries = _deliveries(msgs)
+        return await self._outage.persist(
+            lambda: self._ingestor.prepare(deliveries), self._stopping, write=False
+        )
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
         """Ingest and settle one batch, unpipelined. Never raises: every message is settled."""
         try:
-            prepared = await self._ingestor.prepare(_deliveries(msgs))
+            prepared = await self._prepared(msgs)
+        except StoreOutageError:
+            await self._hand_back(msgs)
+            return
         except Exception as exc:
             await self._isolate(msgs, exc)
             return
         await self._commit(msgs, prepared)
+
+    async def _hand_back(self, msgs: Sequence[Msg]) -> None:
+        """Stopping while the store is down: nak without a delay, for whoever runs next."""
+        log.warning("stopping during a store outage: %d events handed back", len(msgs))
+        await together(m.nak() for m in msgs)
 
     async def _isolate(self, msgs: Sequence[Msg], exc: Exception) -> None:
         """A batch that could not be prepared: one by one, so one bad event cannot sink the
@@ -229,7 +261,19 @@ class EventConsumer:
 
     async def _commit(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
         try:
-            outcomes = await self._ingestor.commit(prepared)
+            await self._committed(msgs, prepared)
+        finally:
+            self._outage.release(msgs)
+
+    async def _committed(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
+        try:
+            outcomes = await self._outage.persist(
+                lambda: self._ingestor.commit(prepared), self._stopping
+            )
+        except StoreOutageError:  # stopping while the store is down
+            self._ingestor.discard(prepared)
+            await self._hand_back(msgs)
+            return
         except Exception as exc:  # TransientError, or anything the store did not expect
             log.warning("batch of %d not stored: %s", len(msgs), exc)
             EVENTS.inc("retried", amount=len(msgs))
@@ -254,6 +298,28 @@ class EventConsumer:
         log.info("dead-lettered seq %s: %s", msg.metadata.sequence.stream, outcome)
         EVENTS.inc("dead_lettered")
         await msg.term()
+
+
+class FetchFailures:
+    """Fetches failing in a row (NATS reconnecting, a consumer without a leader): the first is
+    a warning, the others debug lines, and the next fetch that works says so once."""
+
+    def __init__(self, consumer: str) -> None:
+        self._consumer = consumer
+        self._count = 0
+
+    async def failed(self, exc: Exception) -> None:
+        level = logging.WARNING if self._count == 0 else logging.DEBUG
+        log.log(
+            level, "%s fetch failed (%s); retrying every %s s", self._consumer, exc, FETCH_RETRY_S
+        )
+        self._count += 1
+        await asyncio.sleep(FETCH_RETRY_S)
+
+    def worked(self) -> None:
+        if self._count:
+            log.info("%s fetch works again, after %d failures", self._consumer, self._count)
+            self._count = 0
 
 
 def _deliveries(msgs: Sequence[Msg]) -> list[Delivery]:

@@ -24,7 +24,7 @@ from faststream.nats import NatsBroker
 from worker.core import lifecycle
 from worker.core.ingest import request_id_for
 from worker.core.timefmt import utc_now
-from worker.errors import UnavailableError
+from worker.errors import StoreOutageError, UnavailableError
 from worker.metrics import PATCHES, PATCHES_IGNORED
 from worker.settings import Settings
 from worker.store.base import RunStore
@@ -191,6 +191,8 @@ class Explanations:
             except UnavailableError as exc:  # the list index is being built: soon
                 log.info("explanation sweep postponed: %s", exc)
                 wait = min(interval, UNAVAILABLE_RETRY_S)
+            except StoreOutageError as exc:  # logged as an outage by the consumers
+                log.info("explanation sweep postponed: store down: %s", exc)
             except Exception:
                 log.exception("explanation sweep failed; trying again later")
             with contextlib.suppress(TimeoutError):

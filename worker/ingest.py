@@ -15,7 +15,7 @@ from typing import Any
 from contracts.codes import DeadLetterCode
 from worker.core.ingest import CheckedEvent, build_artifact, check_event
 from worker.core.timefmt import utc_now
-from worker.errors import RejectedError
+from worker.errors import RejectedError, StoreOutageError
 from worker.store.base import NewRun, RunStore
 
 
@@ -64,7 +64,11 @@ class Ingestor:
 
     async def ingest(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """One outcome per delivery, in order. Raises ``TransientError`` when nothing is durable."""
-        return await self.commit(await self.prepare(deliveries))
+        prepared = await self.prepare(deliveries)
+        try:
+            return await self.commit(prepared)
+        finally:
+            self.discard(prepared)
 
     async def prepare(self, deliveries: Sequence[Delivery]) -> Prepared:
         """Check and build a batch (CPU; no write). Its artifacts serve as parents to later
@@ -92,20 +96,32 @@ class Ingestor:
         return prepared
 
     async def commit(self, prepared: Prepared) -> list[Outcome]:
-        """Store a prepared batch in one group commit and resolve every outcome."""
+        """Store a prepared batch in one group commit and resolve every outcome.
+
+        After a ``StoreOutageError`` the batch stays prepared (its artifacts still serve as
+        parents): commit it again, or :meth:`discard` it."""
         firsts, outcomes = prepared.firsts, prepared.outcomes
         try:
             results = await self._store.create_runs(
                 [NewRun(run_id, prepared.artifacts[run_id]) for run_id in firsts]
             )
-        finally:
-            self._uncommitted.remove(prepared)
+        except StoreOutageError:
+            raise
+        except BaseException:
+            self.discard(prepared)
+            raise
+        self.discard(prepared)
         holders = dict(zip(firsts, results, strict=True))
         for i, event in prepared.checked.items():
             holder = holders[event.run_id]
             fresh = holder.created and firsts[event.run_id] == i
             outcomes[i] = _resolve(event, holder.stored, fresh)
         return [_known(o) for o in outcomes]
+
+    def discard(self, prepared: Prepared) -> None:
+        """Forget a prepared batch: committed, or given up (idempotent)."""
+        if prepared in self._uncommitted:
+            self._uncommitted.remove(prepared)
 
     async def _parent(self, run_id: str, batch: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         for artifacts in (batch, *(p.artifacts for p in reversed(self._uncommitted))):

@@ -130,6 +130,13 @@ PROJECTION_LAG = REGISTRY.gauge(
     "rmos_projection_lag_messages",
     "Messages of the runs bucket not yet applied to this host's list index (jetstream store).",
 )
+STORE_OUTAGE = REGISTRY.gauge(
+    "rmos_store_outage",
+    "1 while the store fails as a whole (ingest paused, messages held), else 0.",
+)
+STORE_RETRIES = REGISTRY.counter(
+    "rmos_store_retries_total", "Writes retried because the store failed as a whole."
+)
 PROJECTION_LAG_SECONDS = REGISTRY.gauge(
     "rmos_projection_lag_seconds",
     "Age of the oldest change of the last batch applied to this host's list index; 0 idle.",

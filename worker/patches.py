@@ -3,7 +3,8 @@
 A patch is applied only to a ``PENDING`` run with that ``request_id``; the same patch twice is
 a no-op, a patch for another request is ignored and counted. A patch that is malformed, names
 an unknown run, or whose body ``run_id`` differs from its subject's is dead-lettered
-``INVALID_PATCH``. Transient failures are nak'ed like events (``DeadLetters.retry``).
+``INVALID_PATCH``. Transient failures are nak'ed like events (``DeadLetters.retry``); while the
+store is down as a whole, the patch is held and applied once it works (``worker.outage``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import DeadLetterCode
 from contracts.models import ExplanationPatch
 from contracts.subjects import PATCHES_CONSUMER
-from worker.consumer import IDLE_FETCH_S, DeadLetters
+from worker.consumer import IDLE_FETCH_S, DeadLetters, FetchFailures
 from worker.core import lifecycle
 from worker.core.ingest import describe_errors
-from worker.errors import RejectedError
+from worker.errors import RejectedError, StoreOutageError
 from worker.explain import Explanations
+from worker.outage import Outage
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,13 @@ class PatchConsumer:
         explanations: Explanations,
         dead_letters: DeadLetters,
         settings: Settings,
+        outage: Outage,
     ) -> None:
         self._js = js
         self._explanations = explanations
         self._dead_letters = dead_letters
         self._settings = settings
+        self._outage = outage
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -81,18 +85,24 @@ class PatchConsumer:
         sub = await self._js.pull_subscribe_bind(
             durable=PATCHES_CONSUMER, stream=self._settings.subjects.explain_stream
         )
+        fetch_failures = FetchFailures("patches")
         try:
             while not self._stopping.is_set():
+                await self._outage.passable(self._stopping)  # fetch nothing while it is down
                 try:
                     msgs = await sub.fetch(FETCH, timeout=IDLE_FETCH_S)
                 except TimeoutError:
                     continue
                 except nats.errors.Error as exc:
-                    log.warning("patch fetch failed (%s); retrying", exc)
-                    await asyncio.sleep(0.5)
+                    await fetch_failures.failed(exc)
                     continue
-                for msg in msgs:
-                    await self.handle(msg)
+                fetch_failures.worked()
+                self._outage.hold(msgs)
+                try:
+                    for msg in msgs:
+                        await self.handle(msg)
+                finally:
+                    self._outage.release(msgs)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -100,10 +110,13 @@ class PatchConsumer:
     async def handle(self, msg: Msg) -> None:
         """Apply one patch and settle its message. Never raises."""
         try:
-            await self._apply(msg)
+            await self._outage.persist(lambda: self._apply(msg), self._stopping)
             await msg.ack()
         except RejectedError as rejected:
             await self._dead_letter(msg, rejected)
+        except StoreOutageError:  # stopping while the store is down: for whoever runs next
+            with contextlib.suppress(Exception):
+                await msg.nak()
         except Exception as exc:
             log.warning("patch at seq %s not applied: %r", msg.metadata.sequence.stream, exc)
             with contextlib.suppress(Exception):

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="first retry delay after a transient failure; doubles"
     )
     nak_max_delay_s: float = Field(default=30.0, gt=0, description="cap of the retry delay")
+    store_retry_max_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="while the store is down, the held write is retried at most this far apart",
+    )
     publish_timeout_s: float = Field(
         default=5.0, gt=0, description="wait for JetStream's PubAck of a dead letter"
     )

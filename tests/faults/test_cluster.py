@@ -238,3 +238,50 @@ async def test_leader_killed_mid_stream(tmp_path: Path) -> None:
     finally:
         await client.close()
         await cluster.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_quorum_lost_longer_than_the_budget(tmp_path: Path) -> None:
+    """Two of three nodes down for 15 s, far longer than a 3-delivery budget of 0.2-0.4 s naks:
+    nothing leads the store, the worker holds what it has and waits; once the nodes are back
+    every event is stored once and none is dead-lettered (issue 13)."""
+    cluster = NatsCluster(tmp_path / "cluster")
+    await cluster.start()
+    client = await RunsClient.connect(cluster.url)
+    try:
+        bodies = [event(f"quorum-{i}") for i in range(2000)]
+        expected = {derive_run_id("engine-a", str(b["event_id"])): b for b in bodies}
+        env = {
+            "RMOS_STORE": "jetstream",
+            "RMOS_MAX_DELIVER": "3",
+            "RMOS_NAK_BASE_DELAY_S": "0.2",
+            "RMOS_NAK_MAX_DELAY_S": "0.4",
+            "RMOS_STORE_RETRY_MAX_S": "1",
+        }
+        worker = WorkerProcess(cluster.url, tmp_path / "data", env=env)
+        await worker.start(client)  # declares the streams and the bucket,
+        assert await worker.terminate() == 0
+        await publish_all(client, bodies, lambda _: None)  # then a backlog for the next start
+        await worker.start(client)
+        assert worker.proc is not None
+
+        async def some_stored() -> int | None:
+            info = await retrying(lambda: client.js.stream_info(RUNS_STREAM))
+            return info.state.messages or None
+
+        stored_at_kill = await eventually(some_stored, timeout=30)
+        await asyncio.gather(cluster.kill(1), cluster.kill(2))
+        assert stored_at_kill < len(bodies), "the kill came too late to test anything"
+        await asyncio.sleep(15)
+        assert worker.proc.returncode is None, f"the worker exited:\n{worker.log()}"
+        await asyncio.gather(cluster.start_node(1), cluster.start_node(2))
+
+        await wait_settled_cluster(client.js, timeout=120)
+        await assert_stored_once(client, expected)
+        assert await retrying(lambda: dead_letters(client.js)) == []
+        assert "store outage:" in worker.log_path.read_text()
+        assert worker.log_path.read_text().rstrip().count("store works again") >= 1
+        assert await worker.terminate() == 0
+    finally:
+        await client.close()
+        await cluster.stop()
