@@ -12,16 +12,15 @@ import json
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
 
-import nats.errors
 from faststream import FastStream
-from faststream.nats import NatsBroker, NatsMessage, NatsResponse
+from faststream.nats import NatsMessage, NatsResponse
 from nats.js import JetStreamContext
 
 from worker import metrics
 from worker.api import Api
-from worker.connection import connector, servers
+from worker.broker import Broker
+from worker.connection import ConnectError, connector, servers
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
 from worker.ingest import Ingestor
@@ -42,22 +41,7 @@ from worker.store.jetstream import JetStreamStore
 
 log = logging.getLogger(__name__)
 API_QUEUE = "rmos-worker-api"
-STOP_TIMEOUT_S = 30.0
 API_WORKERS = 16
-
-
-class _Broker(NatsBroker):
-    """A NatsBroker whose stop cannot hang or fail on a connection that is already gone."""
-
-    async def stop(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            await asyncio.wait_for(super().stop(*args, **kwargs), STOP_TIMEOUT_S)
-        except (nats.errors.Error, TimeoutError) as exc:  # drain() can hang or refuse
-            log.warning("NATS drain did not finish (%r); closing the connection", exc)
-            connection, self._connection = self._connection, None
-            if connection is not None:
-                await connection.close()
-            self.config.disconnect()
 
 
 class Worker:
@@ -65,8 +49,9 @@ class Worker:
 
     def __init__(self, settings: Settings, nats_url: str) -> None:
         self.settings = settings
-        self.broker = _Broker(
+        self.broker = Broker(
             servers(nats_url),
+            first_connect_timeout=settings.connect_timeout_s,  # then exit 1, "cannot start: ..."
             max_reconnect_attempts=-1,  # nats-py's default gives up after 60 tries, then spins
             reconnect_time_wait=1,
             closed_cb=self._on_closed,
@@ -209,7 +194,7 @@ class Worker:
         try:
             with suppress(asyncio.CancelledError):
                 await self.app.run()
-        except PlacementError as exc:
+        except (PlacementError, ConnectError) as exc:
             log.error("cannot start: %s", exc)
             await self.broker.stop()
             return 1
@@ -223,7 +208,7 @@ def make_store(
     if settings.store == "jetstream":
         return JetStreamStore(
             js_of,
-            connector(nats_url, "rmos-worker-projection"),
+            connector(nats_url, "rmos-worker-projection", timeout=settings.connect_timeout_s),
             settings.subjects,
             settings.data_dir,
             timeout=settings.publish_timeout_s,

@@ -137,6 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"rmos-runs: invalid setting {field} (RMOS_{field.upper()}): ")
             sys.stderr.write(f"{error['msg']}\n")
         return 2
+    from worker.connection import ConnectError
+
+    try:
+        return _command(args, settings)
+    except ConnectError as exc:  # NATS not reached within RMOS_CONNECT_TIMEOUT_S: one line
+        sys.stderr.write(f"rmos-runs: {exc}\n")
+        return 1
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
     from worker import runner  # imported late: --help stays fast
 
     if args.command == "worker":

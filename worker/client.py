@@ -7,14 +7,11 @@ async with await RunsClient.connect("nats://127.0.0.1:4222") as runs:
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
-import nats
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
@@ -35,7 +32,7 @@ from contracts.api import (
     VerifyReport,
 )
 from contracts.subjects import Subjects
-from worker.connection import servers
+from worker.connection import first_connect, servers
 
 
 class RunsApiError(Exception):
@@ -66,17 +63,21 @@ class RunsClient:
 
     @classmethod
     async def connect(
-        cls, url: str, subjects: Subjects | None = None, timeout: float = 5.0
+        cls,
+        url: str,
+        subjects: Subjects | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
     ) -> RunsClient:
-        """Connect, reconnecting for ever once connected; ConnectionError if the first connect
-        does not succeed within ``2 × timeout`` (nats-py alone would retry for ever)."""
-        try:
-            nc = await asyncio.wait_for(
-                nats.connect(servers(url), max_reconnect_attempts=-1, connect_timeout=timeout),
-                2 * timeout,
-            )
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
-            raise ConnectionError(f"cannot reach NATS at {url}: {exc!r}") from exc
+        """Connect, reconnecting for ever once connected. Raises ``ConnectError`` (of
+        worker.connection: a ConnectionError, its text without the password) if the first
+        connect does not succeed within ``connect_timeout`` seconds (default ``2 × timeout``),
+        or sooner on an authorization or certificate error (nats-py alone retries for ever)."""
+        nc = await first_connect(
+            servers(url),
+            timeout=2 * timeout if connect_timeout is None else connect_timeout,
+            connect_timeout=timeout,  # one attempt at one server
+        )
         return cls(nc, subjects, timeout)
 
     async def close(self) -> None:

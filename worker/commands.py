@@ -18,14 +18,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-import nats
 import nats.errors
 import nats.js.errors
 
 from contracts.api import ListFilters, RunSummary
 from contracts.subjects import Subjects
 from worker.client import RunsApiError, RunsClient
-from worker.connection import servers
+from worker.connection import ConnectError, first_connect, servers
 from worker.dlq import dlq_list, dlq_replay
 from worker.output import CommandError, emit, flatten, json_line, key_values, note, table
 from worker.settings import Settings
@@ -174,33 +173,27 @@ HANDLERS: dict[str, Handler] = {
 
 
 async def connect(settings: Settings, timeout: float) -> RunsClient:
-    """A client that fails fast: a CLI must not wait forever for a server that is not there."""
+    """A client that fails fast: a CLI must not wait forever for a server that is not there.
+    Each server is tried twice, 0.2 s apart, each attempt bounded by ``timeout``, the whole by
+    ``RMOS_CONNECT_TIMEOUT_S`` and ``2 × timeout``; once connected, a lost connection is not
+    re-established (the command fails)."""
     from worker.runner import resolve_url  # imported late: the worker's modules are heavy
 
     try:
         url = resolve_url(settings)
     except SystemExit as exc:
         raise CommandError(str(exc.code)) from None
-    errors: list[Exception] = []
-
-    async def remember(exc: Exception) -> None:
-        errors.append(exc)
-
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(
-                servers(url),
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.2,
-                connect_timeout=timeout,
-                error_cb=remember,
-            ),
-            timeout * 2,
+        nc = await first_connect(
+            servers(url),
+            timeout=min(settings.connect_timeout_s, 2 * timeout),
+            max_reconnect_attempts=1,  # per server, then nats-py gives up by itself
+            reconnect_time_wait=0.2,
+            connect_timeout=timeout,
         )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        reason = errors[-1] if errors else exc
-        raise CommandError(f"cannot reach NATS at {url}: {reason}") from None
+    except ConnectError as exc:
+        raise CommandError(str(exc)) from None
+    nc.options["allow_reconnect"] = False  # not at connect: a TLS failure then hangs close()
     return RunsClient(nc, settings.subjects, timeout)
 
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from faststream import AckPolicy, FastStream
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats import JStream, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig
 
 from contracts.subjects import EXPLAINER_CONSUMER, Subjects
+from worker.broker import Broker
 from worker.client import RunsClient
-from worker.connection import servers
+from worker.connection import DEFAULT_CONNECT_TIMEOUT_S, ConnectError, servers
 from worker.core.timefmt import utc_now, utc_text
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,20 @@ class RuleModel:
 class ReferenceExplainer:
     """One explainer process: a FastStream app around :meth:`handle`."""
 
-    def __init__(self, nats_url: str, subjects: Subjects, model: Model | None = None) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        subjects: Subjects,
+        model: Model | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
         self.subjects = subjects
         self.model = model or RuleModel()
-        self.broker = NatsBroker(
-            servers(nats_url), max_reconnect_attempts=-1, log_level=logging.DEBUG
+        self.broker = Broker(
+            servers(nats_url),
+            first_connect_timeout=connect_timeout,  # then ConnectError: run() exits 1
+            max_reconnect_attempts=-1,
+            log_level=logging.DEBUG,
         )
         self.app = FastStream(self.broker)
         self.broker.subscriber(
@@ -128,8 +138,14 @@ class ReferenceExplainer:
         )
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (the worker must have declared the streams)."""
-        await self.app.run()
+        """Run until SIGTERM/SIGINT (the worker must have declared the streams); 1 when NATS
+        cannot be reached within the connect timeout (one line says why)."""
+        try:
+            await self.app.run()
+        except ConnectError as exc:
+            log.error("cannot start: %s", exc)
+            await self.broker.stop()
+            return 1
         return 0
 
     async def _patch(self, client: RunsClient, request: dict[str, Any], **fields: Any) -> None:

@@ -16,9 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-import nats
-
-from worker.connection import connector, servers
+from worker.connection import connector, first_connect, servers
 from worker.jetstream import ensure_replicated
 from worker.output import Progress, emit
 from worker.settings import Settings
@@ -43,7 +41,7 @@ async def migrate(settings: Settings, url: str) -> Report:
     """Copy ``settings.data_dir`` (a files store) into the jetstream store at ``url``."""
     source = FileStore(settings.data_dir)
     await source.open(rebuild_lost_index=False)
-    nc = await nats.connect(servers(url), name="rmos-migrate", max_reconnect_attempts=-1)
+    nc = await first_connect(servers(url), timeout=settings.connect_timeout_s, name="rmos-migrate")
     js = nc.jetstream()
     target = JetStreamStore(
         lambda: js,

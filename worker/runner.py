@@ -11,6 +11,7 @@ from pathlib import Path
 
 from worker.app import Worker
 from worker.client import RunsApiError, RunsClient
+from worker.connection import ConnectError
 from worker.demo import demo_events
 from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
@@ -77,7 +78,10 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
         code = await worker.run()
         helpers.cancel()
         for outcome in await asyncio.gather(helpers, return_exceptions=True):
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, ConnectError):
+                if code == 0:  # else the worker could not connect either, and said so
+                    log.error("demo or explainer not started: %s", outcome)
+            elif isinstance(outcome, Exception):
                 log.error("demo or explainer start failed: %r", outcome)
         for explaining in started:
             await explaining.app.stop()
@@ -85,7 +89,11 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
 
 
 async def run_explainer(settings: Settings) -> int:
-    return await ReferenceExplainer(resolve_url(settings), settings.subjects).run()
+    """The reference explainer; 1 (and one line) when NATS cannot be reached in time."""
+    url = resolve_url(settings)
+    return await ReferenceExplainer(
+        url, settings.subjects, connect_timeout=settings.connect_timeout_s
+    ).run()
 
 
 def reindex(settings: Settings) -> int:
@@ -113,7 +121,10 @@ async def _when_ready(
     settings: Settings, url: str, started: list[ReferenceExplainer], demo: bool, explainer: bool
 ) -> None:
     """Once the worker answers ``api.get``: start the explainer, publish the demo events."""
-    async with await RunsClient.connect(url, settings.subjects) as client:
+    connecting = RunsClient.connect(
+        url, settings.subjects, connect_timeout=settings.connect_timeout_s
+    )
+    async with await connecting as client:
         for _ in range(300):  # bounded: ~30 s
             try:
                 await client.get("run_" + "0" * 32)
@@ -122,7 +133,11 @@ async def _when_ready(
             except Exception:
                 await asyncio.sleep(0.1)
         if explainer:
-            started.append(ReferenceExplainer(url, settings.subjects))
+            started.append(
+                ReferenceExplainer(
+                    url, settings.subjects, connect_timeout=settings.connect_timeout_s
+                )
+            )
             await started[-1].app.start()
             log.info("reference explainer running")
         if demo:
@@ -130,7 +145,12 @@ async def _when_ready(
 
 
 async def publish_demo(settings: Settings, *, tag: str = "demo") -> int:
-    async with await RunsClient.connect(resolve_url(settings), settings.subjects) as client:
+    """Publish the demo events; ConnectError (one line and exit 1 in the CLI) when NATS
+    cannot be reached within ``RMOS_CONNECT_TIMEOUT_S``."""
+    connecting = RunsClient.connect(
+        resolve_url(settings), settings.subjects, connect_timeout=settings.connect_timeout_s
+    )
+    async with await connecting as client:
         await _publish_demo(client, tag)
     return 0
 

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         gt=0,
         description="while the store is down, the held write is retried at most this far apart",
     )
+    connect_timeout_s: float = Field(
+        default=20.0, gt=0, description="a first connection to NATS gives up after this (exit 1)"
+    )
     publish_timeout_s: float = Field(
         default=5.0, gt=0, description="wait for JetStream's PubAck of a dead letter"
     )
