@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 
 from contracts.canonical import derive_run_id
-from tests.support import ROOT, WorkerProcess, attached_blob, event, stored, wait_settled
-from worker.client import RunsClient
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    attached_blob,
+    event,
+    eventually,
+    stored,
+    wait_settled,
+)
+from worker.client import RunsApiError, RunsClient
 from worker.core.ingest import content_sha256
 from worker.nats_cluster import NatsCluster
 from worker.store.revisions import encode
@@ -34,11 +42,22 @@ async def migrate(url: str, data: Path) -> tuple[int, str]:
 
 
 async def answers(client: RunsClient, run_ids: list[str]) -> dict[str, Any]:
+    """What every operation answers; ``list`` once the worker's index is built (a fresh
+    jetstream worker answers UNAVAILABLE until then, CONTRACT section 8)."""
+
+    async def listed() -> list[dict[str, Any]] | None:
+        try:
+            return [s.model_dump() async for s in client.iter_runs(page_size=100)]
+        except RunsApiError as exc:
+            if exc.code != "UNAVAILABLE":
+                raise
+            return None
+
     return {
         "get": [await client.get(r) for r in run_ids],
         "history": [(await client.history(r)).model_dump() for r in run_ids],
         "verify": [(await client.verify(r)).model_dump() for r in run_ids],
-        "list": [s.model_dump() async for s in client.iter_runs(page_size=100)],
+        "list": await eventually(listed),
     }
 
 
