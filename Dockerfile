@@ -27,6 +27,12 @@ VOLUME /data
 USER rmos:rmos
 WORKDIR /data
 
+# Ready = /readyz answers 200 on the metrics port (RMOS_METRICS_PORT): connected to NATS, streams,
+# consumers and store ready. The probe is python, which the image has; without a metrics port
+# (the explainer, a client command) there is nothing to probe and the check passes.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "worker.probe", "/readyz"]
+
 # Exec form: rmos-runs is PID 1 and receives SIGTERM directly, so it can drain before exiting.
 ENTRYPOINT ["rmos-runs"]
 CMD ["worker"]

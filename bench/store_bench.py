@@ -621,7 +621,7 @@ def metric(values: Mapping[str, float], name: str) -> float:
     return values.get(name, 0.0)
 
 
-LIST_OK = 'rmos_api_requests_total{op="list",code="ok"}'
+LIST_OK = 'rmos_api_requests_total{code="ok",op="list"}'  # labels sorted by name
 STORED = 'rmos_events_total{outcome="stored"}'
 
 

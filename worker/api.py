@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from contracts.api import (
@@ -45,7 +47,8 @@ from worker.errors import (
 )
 from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Stored
-from worker.metrics import API_REQUESTS
+from worker.logs import fields
+from worker.metrics import API_REQUESTS, API_SECONDS
 from worker.store.base import RunStore
 from worker.store.index import Query
 from worker.store.revisions import Change
@@ -117,12 +120,23 @@ class Api:
             "attachments.put": self.put_attachment,
             "attachments.get": self.get_attachment,
         }
+        # Bound metric children, looked up once: by op, and by (op, code) as codes are met.
+        self._seconds: dict[str, Histogram] = {
+            op: API_SECONDS.labels(op) for op in (*self._ops, "unknown")
+        }
+        self._answered: dict[tuple[str, str], Counter] = {}
 
     async def handle(self, op: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The reply to one request; never raises."""
+        started = time.perf_counter()
         reply = await self._handle(op, body, headers)
-        code = reply.headers.get(ERROR_HEADER, "ok")
-        API_REQUESTS.inc(op if op in self._ops else "unknown", code)
+        known = op if op in self._ops else "unknown"
+        self._seconds[known].observe(time.perf_counter() - started)
+        key = (known, reply.headers.get(ERROR_HEADER, "ok"))
+        answered = self._answered.get(key)
+        if answered is None:
+            answered = self._answered[key] = API_REQUESTS.labels(*key)
+        answered.inc()
         return reply
 
     async def _handle(self, op: str, body: bytes, headers: Mapping[str, str]) -> Reply:
@@ -145,7 +159,7 @@ class Api:
         except TransientError as exc:
             return _error(ApiErrorCode.UNAVAILABLE, f"{exc}; try again", retryable=True)
         except Exception:
-            log.exception("api.%s failed", op)
+            log.exception("api.%s failed", op, extra=fields(op=op))
             return _error(ApiErrorCode.INTERNAL, "internal error; see the worker's log")
 
     async def get(self, body: bytes, headers: Mapping[str, str]) -> Reply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -17,10 +18,11 @@ from faststream import FastStream
 from faststream.nats import NatsMessage, NatsResponse
 from nats.js import JetStreamContext
 
-from worker import metrics
+from contracts.subjects import EVENTS_CONSUMER
+from worker import health, metrics, multiproc, tracing
 from worker.api import Api
 from worker.broker import Broker
-from worker.connection import ConnectError, connector, servers
+from worker.connection import ConnectError, connect_options, connector
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
 from worker.ingest import Ingestor
@@ -33,6 +35,7 @@ from worker.jetstream import (
     patches_consumer_config,
 )
 from worker.outage import Outage
+from worker.output import Exit
 from worker.patches import PatchConsumer
 from worker.settings import Settings
 from worker.store.base import RunStore
@@ -50,7 +53,7 @@ class Worker:
     def __init__(self, settings: Settings, nats_url: str) -> None:
         self.settings = settings
         self.broker = Broker(
-            servers(nats_url),
+            connect_options(settings, "worker", nats_url),
             first_connect_timeout=settings.connect_timeout_s,  # then exit 1, "cannot start: ..."
             max_reconnect_attempts=-1,  # nats-py's default gives up after 60 tries, then spins
             reconnect_time_wait=1,
@@ -77,15 +80,22 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], None]] = []
         self._sweeps_stop = asyncio.Event()
-        self._metrics: asyncio.Server | None = None
+        self._probes: asyncio.Server | None = None
         self.outage = Outage(
             keepalive_s=max(settings.ack_wait_s / 3, 0.2),
             first_delay_s=settings.nak_base_delay_s,
             max_delay_s=settings.store_retry_max_s,
         )
+        self.health = health.Health(  # the runner sets health.siblings in a --processes group
+            connection=lambda: self.broker._connection,
+            outage=self.outage,
+            tasks=self._tasks,
+            projection=self.store.projection if isinstance(self.store, JetStreamStore) else None,
+            group=multiproc.group_dir(),
+        )
         self.on_stopping: list[Callable[[], None]] = []  # called first when the worker stops
         self._stopping = False
-        self.failed = False
+        self.failed: Exit | None = None  # why it stopped on its own
         self._register_subscribers()
 
     def _register_subscribers(self) -> None:
@@ -96,7 +106,8 @@ class Worker:
         @self.broker.subscriber(f"{subjects.api}.>", queue=API_QUEUE, max_workers=API_WORKERS)
         async def api_request(msg: NatsMessage) -> NatsResponse:
             op = msg.raw_message.subject.removeprefix(prefix)
-            reply = await self.api.handle(op, msg.body, msg.headers)
+            with tracing.continued(msg.headers, f"rmos.api.{op}", kind="server"):
+                reply = await self.api.handle(op, msg.body, msg.headers)
             return NatsResponse(reply.body, headers=reply.headers)
 
         watcher = MaxDeliveriesWatcher(self.broker, self.dead_letters, self.settings)
@@ -111,10 +122,18 @@ class Worker:
     async def _on_closed(self) -> None:
         if not self._stopping:
             log.error("NATS connection closed for good; stopping")
-            self.failed = True
+            self.failed = Exit.UNREACHABLE
             self.stop()
 
     async def _on_startup(self) -> None:
+        if self.settings.metrics_port is not None:  # the probes answer from the start
+            registry = metrics.serving_registry(lambda: self.health.siblings())
+            self._probes = await health.serve(
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                self.health,
+                health.scrape(registry),
+            )
         if isinstance(self.store, FileStore):
             await self.store.open()  # temp files swept before anything else
         await self.broker.connect()
@@ -131,10 +150,6 @@ class Worker:
         await ensure_replicated(declare, self.settings.store_replicas, 3 if jetstream_store else 1)
         await ensure_consumer(js, subjects.events_stream, events_consumer_config(self.settings))
         await ensure_consumer(js, subjects.explain_stream, patches_consumer_config(self.settings))
-        if self.settings.metrics_port is not None:
-            self._metrics = await metrics.serve(
-                self.settings.metrics_host, self.settings.metrics_port
-            )
 
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream
@@ -152,10 +167,23 @@ class Worker:
         ]
         if isinstance(self.store, JetStreamStore):
             jobs.append(("list-projection", self.store.projection.run(self._sweeps_stop)))
+        if self.settings.metrics_port is not None:  # the process that serves samples
+            sampler = health.Sampler(
+                lambda: self.broker.config.connection_state.stream,
+                self.settings.subjects.events_stream,
+                EVENTS_CONSUMER,
+                self.store,
+                self.health,
+            )
+            jobs.append(("metrics-sampler", sampler.run(self._sweeps_stop)))
         for name, job in jobs:
             task = asyncio.create_task(job, name=name)
             task.add_done_callback(self._on_task_done)
             self._tasks.append(task)
+        self.health.started = True
+        group = multiproc.group_dir()
+        if group is not None and self.settings.metrics_port is None:  # a sibling of a group
+            multiproc.mark_ready(group, os.getpid())
         log.info(
             "rmos-runs worker ready: %s store, data dir %s",
             self.settings.store,
@@ -165,12 +193,13 @@ class Worker:
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s died; stopping", task.get_name(), exc_info=task.exception())
-            self.failed = True
+            self.failed = Exit.FAILED
             self.stop()
 
     async def _on_shutdown(self) -> None:
         """Stop fetching; finish the batches in hand (what is not finished is redelivered)."""
         self._stopping = True
+        self.health.stopping = True
         for stop in (*self.on_stopping, *self._stops):
             stop()
         running = [task for task in self._tasks if not task.done()]
@@ -181,8 +210,8 @@ class Worker:
                 task.cancel()
 
     async def _after_shutdown(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
+        if self._probes is not None:
+            self._probes.close()
         self.store.close()
 
     def stop(self) -> None:
@@ -197,8 +226,8 @@ class Worker:
         except (PlacementError, ConnectError) as exc:
             log.error("cannot start: %s", exc)
             await self.broker.stop()
-            return 1
-        return 1 if self.failed else 0
+            return Exit.UNREACHABLE if isinstance(exc, ConnectError) else Exit.FAILED
+        return self.failed or Exit.OK
 
 
 def make_store(
@@ -208,7 +237,10 @@ def make_store(
     if settings.store == "jetstream":
         return JetStreamStore(
             js_of,
-            connector(nats_url, "rmos-worker-projection", timeout=settings.connect_timeout_s),
+            connector(
+                connect_options(settings, "worker-projection", nats_url),
+                timeout=settings.connect_timeout_s,
+            ),
             settings.subjects,
             settings.data_dir,
             timeout=settings.publish_timeout_s,

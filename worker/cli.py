@@ -4,25 +4,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
 from contracts.api import ListFilters
 from contracts.codes import DeadLetterCode
+from worker import logs, permissions
+from worker.output import Exit
 from worker.settings import Settings
 
 Subparsers = argparse._SubParsersAction  # the type add_subparsers() returns
+FILTER_HELP = {
+    "status": "the run's status",
+    "event_type": "the event type, exactly",
+    "mode": "the mode, exactly",
+    "tool_id": "the tool id, exactly",
+    "tool_id_prefix": "tool ids that start with this",
+    "source": "the engine that published the event",
+    "risk_level": "the decision's risk level",
+    "explanation_status": "where the explanation stands",
+    "workflow_session_id": "runs of this workflow session",
+    "material_id": "runs on this material",
+    "machine_id": "runs for this machine",
+    "parent_run_id": "runs derived from this run",
+    "created_from": "created at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z)",
+    "created_to": "created before this time (RFC 3339)",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rmos-runs", description="RMOS run artifacts: the ingestion worker and its tools."
+        prog="rmos-runs",
+        description="RMOS run artifacts: the ingestion worker and its tools.",
+        epilog="exit codes: 0 ok, 1 failed (verify: not valid), 2 usage or settings, "
+        "3 API error, 4 NATS unreachable",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run the ingestion worker")
@@ -60,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(demo)
     demo.add_argument("--tag", default="demo", help="event id prefix (new tag, new runs)")
     _operator_commands(commands)
+    permissions.add_command(commands)
     return parser
 
 
@@ -67,8 +90,15 @@ def _operator_commands(commands: Subparsers[argparse.ArgumentParser]) -> None:
     """The client commands of ``worker.commands`` (``args.action`` names the one to run)."""
     _client(commands, "get", "show one run artifact").add_argument("run_id")
     runs = _client(commands, "list", "list run summaries, newest first")
-    for name in ListFilters.model_fields:
-        runs.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper())
+    for name, field in ListFilters.model_fields.items():
+        choices = _choices(field.annotation)
+        runs.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar=name.upper(),
+            choices=choices,
+            help=FILTER_HELP[name] + (f": {', '.join(choices)}" if choices else ""),
+        )
     runs.add_argument("--limit", type=int, help="page size, 1-500 (default 50; 200 with --all)")
     runs.add_argument("--cursor", help="continue after a previous page")
     runs.add_argument("--all", action="store_true", help="every matching run, page after page")
@@ -123,12 +153,23 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+def _choices(annotation: Any) -> list[str] | None:
+    """The values a filter may take when they are fixed (a Literal, maybe optional)."""
+    for arg in (annotation, *get_args(annotation)):
+        if get_origin(arg) is Literal:
+            return [str(value) for value in get_args(arg)]
+    return None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("rmos-runs")
+    except metadata.PackageNotFoundError:  # run from a tree that is not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
     try:
         settings = build_settings(args)
     except ValidationError as exc:  # a bad RMOS_* variable or flag: one line each, no traceback
@@ -136,17 +177,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             field = ".".join(str(p) for p in error["loc"])
             sys.stderr.write(f"rmos-runs: invalid setting {field} (RMOS_{field.upper()}): ")
             sys.stderr.write(f"{error['msg']}\n")
-        return 2
+        return Exit.USAGE
+    logs.configure(settings.log_format, verbose=args.verbose)
     from worker.connection import ConnectError
 
     try:
         return _command(args, settings)
     except ConnectError as exc:  # NATS not reached within RMOS_CONNECT_TIMEOUT_S: one line
         sys.stderr.write(f"rmos-runs: {exc}\n")
-        return 1
+        return Exit.UNREACHABLE
 
 
 def _command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "permissions":
+        return permissions.run(args, settings.subjects)
+    if args.command == "worker":  # before anything imports prometheus_client
+        from worker import multiproc
+
+        try:
+            multiproc.prepare(settings)
+        except multiproc.MetricsDirError as exc:
+            sys.stderr.write(f"rmos-runs: cannot start: {exc}\n")
+            return Exit.FAILED
     from worker import runner  # imported late: --help stays fast
 
     if args.command == "worker":

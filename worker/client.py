@@ -3,12 +3,15 @@
 async with await RunsClient.connect("nats://127.0.0.1:4222") as runs:
     await runs.publish_event(event)         # JetStream, with the right subject and Nats-Msg-Id
     run = await runs.get(run_id)            # request–reply; errors raise RunsApiError
+
+``RunsClient.from_settings(Settings())`` connects as the programs do: ``RMOS_NATS_URL`` with the
+user and password, token, nkey seed, creds and TLS settings (CONTRACT section 8).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -32,7 +35,9 @@ from contracts.api import (
     VerifyReport,
 )
 from contracts.subjects import Subjects
-from worker.connection import first_connect, servers
+from worker import tracing
+from worker.connection import connect_options, first_connect, servers
+from worker.settings import Settings
 
 
 class RunsApiError(Exception):
@@ -73,10 +78,40 @@ class RunsClient:
         worker.connection: a ConnectionError, its text without the password) if the first
         connect does not succeed within ``connect_timeout`` seconds (default ``2 × timeout``),
         or sooner on an authorization or certificate error (nats-py alone retries for ever)."""
+        return await cls.connect_with({"servers": servers(url)}, subjects, timeout, connect_timeout)
+
+    @classmethod
+    async def from_settings(
+        cls,
+        settings: Settings,
+        program: str = "client",
+        *,
+        url: str | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
+        **nats_options: Any,
+    ) -> RunsClient:
+        """Connect as ``program`` with the settings' connection (``url`` instead of
+        ``RMOS_NATS_URL`` when given; :func:`worker.connection.connect_options`) and
+        subjects, within ``connect_timeout`` (default ``RMOS_CONNECT_TIMEOUT_S``); as
+        :meth:`connect` otherwise. ``nats_options`` go to nats-py's ``connect``."""
+        options = {**connect_options(settings, program, url), **nats_options}
+        if connect_timeout is None:
+            connect_timeout = settings.connect_timeout_s
+        return await cls.connect_with(options, settings.subjects, timeout, connect_timeout)
+
+    @classmethod
+    async def connect_with(
+        cls,
+        options: Mapping[str, Any],
+        subjects: Subjects | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float | None = None,
+    ) -> RunsClient:
+        """Connect with nats-py options (``servers`` and any other), as :meth:`connect`."""
         nc = await first_connect(
-            servers(url),
+            **{"connect_timeout": timeout, **options},  # one attempt at one server
             timeout=2 * timeout if connect_timeout is None else connect_timeout,
-            connect_timeout=timeout,  # one attempt at one server
         )
         return cls(nc, subjects, timeout)
 
@@ -104,7 +139,7 @@ class RunsClient:
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str | None = None) -> PubAck:
         """Publish any bytes with JetStream (tests use it for malformed events)."""
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        headers = tracing.inject({"Nats-Msg-Id": msg_id} if msg_id else None)
         return await self.js.publish(subject, data, headers=headers, timeout=self.timeout)
 
     async def request(
@@ -119,7 +154,7 @@ class RunsClient:
     ) -> Msg:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         return await self.nc.request(
-            self.subjects.api_op(op), data, timeout=self.timeout, headers=headers
+            self.subjects.api_op(op), data, timeout=self.timeout, headers=tracing.inject(headers)
         )
 
     async def put_attachment(

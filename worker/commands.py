@@ -3,8 +3,9 @@
 
 Each command is an async function ``(client, args, out) -> exit code``. Default output is an
 aligned table or a ``key: value`` block; ``--json`` prints the reply objects, one per line for
-lists. API errors print ``error CODE: message`` on stderr and exit 2, as do an unreachable server,
-a missing worker and a refused replay; ``verify`` exits 1 when the run is invalid.
+lists. API errors print ``error CODE: message`` on stderr and exit 3, as do a missing worker and
+a refused replay; an unreachable server exits 4; ``verify`` exits 1 when the run is invalid
+(``worker.output.Exit``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ import nats.js.errors
 from contracts.api import ListFilters, RunSummary
 from contracts.subjects import Subjects
 from worker.client import RunsApiError, RunsClient
-from worker.connection import ConnectError, first_connect, servers
+from worker.connection import ConnectError
 from worker.dlq import dlq_list, dlq_replay
-from worker.output import CommandError, emit, flatten, json_line, key_values, note, table
+from worker.output import (
+    CommandError,
+    Exit,
+    UsageError,
+    emit,
+    flatten,
+    json_line,
+    key_values,
+    note,
+    table,
+)
 from worker.settings import Settings
 
-EXIT_INVALID = 1  # verify: the run does not match its hashes
-EXIT_ERROR = 2  # API error, unreachable server, refused command
 LIST_COLUMNS = (
     "run_id",
     "created_at_utc",
@@ -118,7 +127,7 @@ async def verify(client: RunsClient, args: argparse.Namespace, out: TextIO) -> i
     else:
         emit(out, key_values([("run_id", reply["run_id"]), ("valid", reply["valid"])]))
         emit(out, "\n" + table(reply["checks"], ("name", "ok", "expected", "actual")))
-    return 0 if reply["valid"] else EXIT_INVALID
+    return Exit.OK if reply["valid"] else Exit.FAILED
 
 
 async def history(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -142,7 +151,7 @@ async def attach(client: RunsClient, args: argparse.Namespace, out: TextIO) -> i
     try:
         data = await asyncio.to_thread(path.read_bytes)
     except OSError as exc:
-        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     mime, filename = attachment_meta(path, args.mime, args.filename)
     reply = await client.put_attachment(data, kind=args.kind, mime=mime, filename=filename)
     ref = {  # an ``attachments`` entry of a run event, ready to use
@@ -182,19 +191,18 @@ async def connect(settings: Settings, timeout: float) -> RunsClient:
     try:
         url = resolve_url(settings)
     except SystemExit as exc:
-        raise CommandError(str(exc.code)) from None
-    try:
-        nc = await first_connect(
-            servers(url),
-            timeout=min(settings.connect_timeout_s, 2 * timeout),
-            max_reconnect_attempts=1,  # per server, then nats-py gives up by itself
-            reconnect_time_wait=0.2,
-            connect_timeout=timeout,
-        )
-    except ConnectError as exc:
-        raise CommandError(str(exc)) from None
-    nc.options["allow_reconnect"] = False  # not at connect: a TLS failure then hangs close()
-    return RunsClient(nc, settings.subjects, timeout)
+        raise UsageError(str(exc.code)) from None
+    client = await RunsClient.from_settings(  # ConnectError: one line and exit 4 (``execute``)
+        settings,
+        "cli",
+        url=url,
+        timeout=timeout,
+        connect_timeout=min(settings.connect_timeout_s, 2 * timeout),
+        max_reconnect_attempts=1,  # per server, then nats-py gives up by itself
+        reconnect_time_wait=0.2,
+    )
+    client.nc.options["allow_reconnect"] = False  # not at connect: a TLS failure hangs close()
+    return client
 
 
 def describe(exc: BaseException, subjects: Subjects) -> str | None:
@@ -203,7 +211,7 @@ def describe(exc: BaseException, subjects: Subjects) -> str | None:
         return None
     if isinstance(exc, RunsApiError):
         return f"error {exc.code}: {exc.message}"
-    if isinstance(exc, CommandError):
+    if isinstance(exc, CommandError | ConnectError):
         return f"error: {exc}"
     if isinstance(exc, nats.errors.NoRespondersError):
         return (
@@ -217,10 +225,18 @@ def describe(exc: BaseException, subjects: Subjects) -> str | None:
     return None
 
 
+def exit_code(exc: BaseException) -> Exit:
+    """NATS out of reach (never reached, or lost) or the request failed."""
+    if isinstance(exc, UsageError):
+        return Exit.USAGE
+    lost = (ConnectError, nats.errors.ConnectionClosedError, nats.errors.NoServersError, OSError)
+    return Exit.UNREACHABLE if isinstance(exc, lost) else Exit.API_ERROR
+
+
 async def execute(
     handler: Handler, args: argparse.Namespace, settings: Settings, out: TextIO
 ) -> int:
-    """Connect, run one command, close; expected failures become one line and exit 2."""
+    """Connect, run one command, close; expected failures become one line and an exit code."""
     try:
         async with await connect(settings, args.timeout) as client:
             return await handler(client, args, out)
@@ -229,7 +245,7 @@ async def execute(
         if message is None:
             raise
         note(message)
-        return EXIT_ERROR
+        return exit_code(exc)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,21 +7,31 @@ without a word. Here the first connection is bounded: it gives up after ``timeou
 sooner on an error that retrying cannot fix (an authorization violation, a certificate that does
 not verify) once every server has answered with one, and says why in one line, without the
 password. Once connected, the connection reconnects for ever, as before.
+
+What to connect with comes from the settings through :func:`connect_options` (CONTRACT section 8,
+"Connections"): the servers, a connection name saying which program on which host, the user and
+password, token, nkey seed or creds, and TLS. A connection that asks for TLS (a ``tls://`` URL or
+a TLS setting) never goes on without it: nats-py alone speaks plain text to a server that does
+not require TLS, password included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import ssl
 from asyncio import FIRST_COMPLETED
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import nats.errors
 from nats.aio.client import Client
+
+from worker.settings import Settings, tls_context
 
 log = logging.getLogger(__name__)
 ErrorCallback = Callable[[Exception], Awaitable[None]]
@@ -33,6 +43,19 @@ _NO_ANSWER = "timed out: no answer from the server"
 _AUTH_REFUSALS = ("authorization violation", "authentication expired", "authentication revoked")
 _CONNECTING_ERRORS = (OSError, TimeoutError, nats.errors.Error)
 _AUTH_HINT = "check the user, password, token, nkey or creds"
+_CLIENT_CERT_HINT = (
+    "the server verifies client certificates: RMOS_NATS_TLS_CERT and RMOS_NATS_TLS_KEY must "
+    "name one its CA signed"
+)
+
+
+def _not_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns on every close of a TLS connection of nats-py (its protocol's
+    ``eof_received`` returns True, which TLS ignores): noise after every TLS command."""
+    return not record.getMessage().startswith("returning true from eof_received()")
+
+
+logging.getLogger("asyncio").addFilter(_not_eof_noise)
 
 
 def servers(url: str) -> list[str]:
@@ -44,7 +67,9 @@ def servers(url: str) -> list[str]:
     return found
 
 
-def _masked(server: str) -> str:
+def _userinfo_replaced(server: str, by: str) -> str:
+    """``server`` with its user information (up to the last ``@`` of its authority) replaced
+    by ``by`` (``"***@"`` to mask it, ``""`` to drop it)."""
     scheme, sep, rest = server.partition("://")
     if not sep:
         scheme, rest = "", server
@@ -52,7 +77,11 @@ def _masked(server: str) -> str:
     _, at, host = rest[:end].rpartition("@")
     if not at:
         return server
-    return f"{scheme}{sep}***@{host}{rest[end:]}"
+    return f"{scheme}{sep}{by}{host}{rest[end:]}"
+
+
+def _masked(server: str) -> str:
+    return _userinfo_replaced(server, "***@")
 
 
 def shown(url: str) -> str:
@@ -79,6 +108,71 @@ def _scrubbed(text: str, secrets: set[str]) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
+
+
+def connection_name(program: str) -> str:
+    """The name a connection is known by in the server's monitoring (``connz``) and in log
+    lines: which program, on which host, which process (``rmos-worker@host1:4242``)."""
+    return f"rmos-{program}@{socket.gethostname()}:{os.getpid()}"
+
+
+def connect_options(settings: Settings, program: str, url: str | None = None) -> dict[str, Any]:
+    """What ``program`` connects to NATS with, for :func:`first_connect` (or nats-py's
+    ``connect``): ``servers`` (of ``url``, else ``RMOS_NATS_URL``), ``name``, and from the
+    settings ``user`` and ``password``, ``token``, ``nkeys_seed`` or ``user_credentials``, and
+    ``tls`` (an ``ssl.SSLContext``) for ``tls://`` URLs or when any TLS setting is given.
+    With an explicit way to authenticate, the URLs' user information is dropped: the setting
+    wins (nats-py would prefer the URL's). The values are secrets: show none of them."""
+    found = servers(url or settings.nats_url or "")
+    options: dict[str, Any] = {"name": connection_name(program)}
+    if settings.nats_user is not None:
+        options["user"] = settings.nats_user
+    if settings.nats_password is not None:
+        options["password"] = settings.nats_password.get_secret_value()
+    if settings.nats_token is not None:
+        options["token"] = settings.nats_token.get_secret_value()
+    if settings.nats_nkey_seed is not None:
+        options["nkeys_seed"] = str(settings.nats_nkey_seed)
+    if settings.nats_creds is not None:
+        options["user_credentials"] = str(settings.nats_creds)
+    if len(options) > 1:
+        found = [_userinfo_replaced(server, "") for server in found]
+    if settings.tls_configured or any(_scheme(server) == "tls" for server in found):
+        options["tls"] = tls_context(
+            settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key
+        )
+    return {"servers": found, **options}
+
+
+def _scheme(server: str) -> str:
+    scheme, sep, _ = server.partition("://")
+    return scheme.lower() if sep else "nats"
+
+
+class TlsRequiredError(nats.errors.Error):
+    """TLS was asked for and the server does not offer it (nothing was sent to it)."""
+
+    def __str__(self) -> str:
+        return "nats: TLS required: the server does not offer TLS"
+
+
+class _TlsOnlyClient(Client):
+    """A nats-py client that never talks to a server without TLS: it upgrades where the
+    server only offers TLS (``tls_available``) and refuses a server without it, before its
+    CONNECT (credentials) is sent. nats-py 2.16's own client goes on in plain text."""
+
+    verifies_clients = False  # the last server said it verifies client certificates
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection:
+            self.verifies_clients = bool(info.get("tls_verify"))
+        server = self._current_server
+        tcp = server is not None and server.uri.scheme in ("nats", "tls")  # not a websocket
+        if initial_connection and tcp and not info.get("tls_required"):
+            if not info.get("tls_available"):
+                raise TlsRequiredError
+            info["tls_required"] = True  # the same dict as the client's server info
+        await super()._process_info(info, initial_connection)
 
 
 class ConnectError(ConnectionError):
@@ -116,7 +210,8 @@ def _is_authorization(exc: BaseException) -> bool:
 
 def _is_permanent(exc: BaseException) -> bool:
     """An error that another attempt at the same server cannot fix."""
-    return isinstance(exc, ssl.SSLCertVerificationError) or _is_authorization(exc)
+    permanent = (ssl.SSLCertVerificationError, TlsRequiredError)
+    return isinstance(exc, permanent) or _is_authorization(exc)
 
 
 @dataclass
@@ -199,11 +294,12 @@ async def first_connect(
     :class:`ConnectError`. ``options`` go to nats-py's ``connect`` (default: reconnect for ever
     once connected, 1 s apart); its ``error_cb``, ``disconnected_cb`` and ``closed_cb`` are only
     called once connected. Gives up early on an authorization violation or a certificate that
-    does not verify once there has been one per server."""
+    does not verify once there has been one per server. With a ``tls`` context, a server
+    without TLS is refused (:class:`TlsRequiredError`), never spoken to in plain text."""
     attempt = _Attempt(len(servers))
     callbacks = _Callbacks(attempt, options, name)
     settings: dict[str, Any] = {"max_reconnect_attempts": -1, "reconnect_time_wait": 1, **options}
-    client = Client()
+    client = Client() if options.get("tls") is None else _TlsOnlyClient()
 
     async def connect() -> None:
         await client.connect(
@@ -233,7 +329,8 @@ async def first_connect(
     await _abandon(client, connecting)
     if failure is not None and not isinstance(failure, _CONNECTING_ERRORS):
         raise failure  # a bug (a bad option, say), not a server that cannot be reached
-    raise ConnectError(_message(servers, timeout, attempt, options))
+    verifies = isinstance(client, _TlsOnlyClient) and client.verifies_clients
+    raise ConnectError(_message(servers, timeout, attempt, options, verifies))
 
 
 async def _abandon(client: Client, connecting: asyncio.Task[None]) -> None:
@@ -257,11 +354,19 @@ async def _cancelled(task: asyncio.Future[None]) -> None:
     log.warning("a first connection to NATS did not stop when cancelled")
 
 
-def _message(servers: list[str], timeout: float, attempt: _Attempt, options: dict[str, Any]) -> str:
+def _message(
+    servers: list[str],
+    timeout: float,
+    attempt: _Attempt,
+    options: dict[str, Any],
+    verifies_clients: bool = False,
+) -> str:
     where = shown(",".join(servers))
     permanent = [error for error in attempt.errors if _is_permanent(error)]
     last = permanent[-1] if permanent else attempt.errors[-1] if attempt.errors else None
     reason = readable(last) if last is not None else _NO_ANSWER
+    if verifies_clients and _dropped(last):  # such a server drops a client it cannot verify
+        reason = f"{reason} ({_CLIENT_CERT_HINT})"
     if attempt.hopeless.is_set() or attempt.gave_up:
         text = f"cannot reach NATS at {where} (gave up before the {timeout:g} s timeout): {reason}"
     else:
@@ -269,13 +374,19 @@ def _message(servers: list[str], timeout: float, attempt: _Attempt, options: dic
     return _scrubbed(" ".join(text.split()), _secrets(servers, options))
 
 
+def _dropped(exc: BaseException | None) -> bool:
+    """A connection reset or a TLS alert: not a timeout, not the server's certificate."""
+    not_it = (TimeoutError, ssl.SSLCertVerificationError)
+    return isinstance(exc, OSError) and not isinstance(exc, not_it)
+
+
 def connector(
-    url: str, name: str, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    options: Mapping[str, Any], *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S
 ) -> Callable[[], Awaitable[Client]]:
-    """Connects (when called) to ``url``'s servers within ``timeout`` seconds (else
-    :class:`ConnectError`), reconnecting for ever once connected."""
+    """Connects (when called) with ``options`` (:func:`connect_options`) within ``timeout``
+    seconds (else :class:`ConnectError`), reconnecting for ever once connected."""
 
     def connect() -> Awaitable[Client]:
-        return first_connect(servers(url), timeout=timeout, name=name, reconnect_time_wait=1)
+        return first_connect(**{"reconnect_time_wait": 1, **options}, timeout=timeout)
 
     return connect

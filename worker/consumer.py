@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,12 +37,25 @@ from nats.js import JetStreamContext
 
 from contracts.codes import DeadLetterCode
 from contracts.subjects import EVENTS_CONSUMER
+from worker import tracing
 from worker.core.dead_letter import dead_letter, dead_letter_msg_id
 from worker.core.timefmt import utc_now
 from worker.errors import RejectedError, StoreOutageError
 from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Prepared, Stored
-from worker.metrics import DEAD_LETTERS, EVENTS, GROUP_COMMITS
+from worker.logs import fields
+from worker.metrics import (
+    ACK_LATENCY,
+    BATCH_SIZE,
+    DEAD_LETTERS,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_DUPLICATE,
+    EVENTS_RETRIED,
+    EVENTS_STORED,
+    GROUP_COMMIT_SECONDS,
+    GROUP_COMMITS,
+    value,
+)
 from worker.outage import Outage
 from worker.settings import Settings
 
@@ -93,7 +108,7 @@ class DeadLetters:
             stream=self._subjects.dlq_stream,
             timeout=self._timeout,
         )
-        DEAD_LETTERS.inc(code)
+        DEAD_LETTERS.labels(code).inc()
 
     async def retry(self, msg: Msg, exc: BaseException) -> None:
         """Nak with a growing delay; on the last allowed delivery, dead-letter instead."""
@@ -103,7 +118,10 @@ class DeadLetters:
             try:
                 await self.send_for(msg, DeadLetterCode.MAX_DELIVERIES, detail)
             except Exception:
-                log.exception("MAX_DELIVERIES dead letter not stored; the advisory will retry it")
+                log.exception(
+                    "MAX_DELIVERIES dead letter not stored; the advisory will retry it",
+                    extra=fields(stream_seq=msg.metadata.sequence.stream),
+                )
                 return
             await msg.term()
             return
@@ -161,12 +179,13 @@ class EventConsumer:
                     await together(m.nak() for m in msgs)
                 elif msgs:
                     self._outage.hold(msgs)  # until settled
-                    prepared = await self._prepare(msgs, committing)
+                    steps = Steps(time.time_ns(), size=len(msgs))
+                    prepared = await self._prepare(msgs, committing, steps)
                     if committing is not None:
                         await committing
                     committing = None
                     if prepared is not None:
-                        committing = asyncio.create_task(self._commit(msgs, prepared))
+                        committing = asyncio.create_task(self._commit(msgs, prepared, steps))
         finally:
             if committing is not None:
                 await committing
@@ -175,8 +194,8 @@ class EventConsumer:
             log.info(
                 "events consumer stopped: %d stored, %d duplicates, %d dead-lettered, "
                 "%d to retry, in %d group commits",
-                *(EVENTS.value(o) for o in ("stored", "duplicate", "dead_lettered", "retried")),
-                GROUP_COMMITS.value(),
+                *map(value, (EVENTS_STORED, EVENTS_DUPLICATE, EVENTS_DEAD_LETTERED)),
+                *map(value, (EVENTS_RETRIED, GROUP_COMMITS)),
             )
 
     def stop(self) -> None:
@@ -203,12 +222,12 @@ class EventConsumer:
         return msgs
 
     async def _prepare(
-        self, msgs: Sequence[Msg], committing: asyncio.Task[None] | None
+        self, msgs: Sequence[Msg], committing: asyncio.Task[None] | None, steps: Steps
     ) -> Prepared | None:
         """The prepared batch; None when it failed and was handled the careful way instead."""
         failure: Exception | None = None
         try:
-            return await self._prepared(msgs)
+            return await self._prepared(msgs, steps)
         except StoreOutageError:  # stopping while the store is down
             pass
         except Exception as exc:
@@ -224,23 +243,27 @@ class EventConsumer:
             self._outage.release(msgs)
         return None
 
-    async def _prepared(self, msgs: Sequence[Msg]) -> Prepared:
+    async def _prepared(self, msgs: Sequence[Msg], steps: Steps) -> Prepared:
         deliveries = _deliveries(msgs)
-        return await self._outage.persist(
+        started = time.time_ns()
+        prepared = await self._outage.persist(
             lambda: self._ingestor.prepare(deliveries), self._stopping, write=False
         )
+        steps.checked = (started, time.time_ns())
+        return prepared
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
         """Ingest and settle one batch, unpipelined. Never raises: every message is settled."""
+        steps = Steps(time.time_ns(), size=len(msgs))
         try:
-            prepared = await self._prepared(msgs)
+            prepared = await self._prepared(msgs, steps)
         except StoreOutageError:
             await self._hand_back(msgs)
             return
         except Exception as exc:
             await self._isolate(msgs, exc)
             return
-        await self._commit(msgs, prepared)
+        await self._commit(msgs, prepared, steps)
 
     async def _hand_back(self, msgs: Sequence[Msg]) -> None:
         """Stopping while the store is down: nak without a delay, for whoever runs next."""
@@ -255,49 +278,92 @@ class EventConsumer:
             for m in msgs:
                 await self.handle([m])
             return
-        log.error("event at stream seq %s failed", msgs[0].metadata.sequence.stream, exc_info=exc)
-        EVENTS.inc("retried")
+        seq = msgs[0].metadata.sequence.stream
+        log.error("event at stream seq %s failed", seq, exc_info=exc, extra=fields(stream_seq=seq))
+        EVENTS_RETRIED.inc()
         await together([self._dead_letters.retry(msgs[0], exc)])
 
-    async def _commit(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
+    async def _commit(self, msgs: Sequence[Msg], prepared: Prepared, steps: Steps) -> None:
         try:
-            await self._committed(msgs, prepared)
+            await self._committed(msgs, prepared, steps)
         finally:
             self._outage.release(msgs)
 
-    async def _committed(self, msgs: Sequence[Msg], prepared: Prepared) -> None:
+    async def _committed(self, msgs: Sequence[Msg], prepared: Prepared, steps: Steps) -> None:
+        async def commit() -> list[Stored | RejectedError]:
+            started = time.perf_counter()
+            started_ns = time.time_ns()
+            outcomes = await self._ingestor.commit(prepared)
+            GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
+            steps.stored = (started_ns, time.time_ns())
+            return outcomes
+
         try:
-            outcomes = await self._outage.persist(
-                lambda: self._ingestor.commit(prepared), self._stopping
-            )
+            outcomes = await self._outage.persist(commit, self._stopping)
         except StoreOutageError:  # stopping while the store is down
             self._ingestor.discard(prepared)
             await self._hand_back(msgs)
             return
         except Exception as exc:  # TransientError, or anything the store did not expect
             log.warning("batch of %d not stored: %s", len(msgs), exc)
-            EVENTS.inc("retried", amount=len(msgs))
+            EVENTS_RETRIED.inc(len(msgs))
             await together(self._dead_letters.retry(m, exc) for m in msgs)
             return
         GROUP_COMMITS.inc()
-        await together(self._settle(m, o) for m, o in zip(msgs, outcomes, strict=True))
+        BATCH_SIZE.observe(len(msgs))
+        await together(self._settle(m, o, steps) for m, o in zip(msgs, outcomes, strict=True))
 
-    async def _settle(self, msg: Msg, outcome: Stored | RejectedError) -> None:
+    async def _settle(self, msg: Msg, outcome: Stored | RejectedError, steps: Steps) -> None:
+        """Settle one event, in its producer's trace: a span from the fetch to the ack, with the
+        batch's checking and durable write as children (the explanation request is sent inside,
+        so it carries the trace on)."""
+        run_id = outcome.run_id if isinstance(outcome, Stored) else ""
+        attributes: dict[str, str | int] = {
+            "rmos.run_id": run_id,
+            "rmos.stream_seq": msg.metadata.sequence.stream,
+        }
+        with tracing.continued(
+            msg.headers, "rmos.ingest", start_ns=steps.fetched, attributes=attributes
+        ):
+            tracing.record("rmos.validate", *steps.checked, {"rmos.batch": steps.size})
+            tracing.record("rmos.store", *steps.stored, {"rmos.batch": steps.size})
+            await self._settled(msg, outcome)
+
+    async def _settled(self, msg: Msg, outcome: Stored | RejectedError) -> None:
         try:
             if isinstance(outcome, Stored):  # its explanation request goes out before the ack
                 await self._explanations.announce_created(outcome.run)
                 await msg.ack()
-                EVENTS.inc("duplicate" if outcome.duplicate else "stored")
+                (EVENTS_DUPLICATE if outcome.duplicate else EVENTS_STORED).inc()
+                # From when JetStream stored it (the server's clock) to its ack, once durable.
+                ACK_LATENCY.observe(max(time.time() - msg.metadata.timestamp.timestamp(), 0.0))
                 return
             await self._dead_letters.send_for(msg, outcome.code, outcome.detail)
         except Exception as exc:
-            log.warning("publish for seq %s failed: %s", msg.metadata.sequence.stream, exc)
-            EVENTS.inc("retried")
+            seq = msg.metadata.sequence.stream
+            log.warning("publish for seq %s failed: %s", seq, exc, extra=fields(stream_seq=seq))
+            EVENTS_RETRIED.inc()
             await self._dead_letters.retry(msg, exc)
             return
-        log.info("dead-lettered seq %s: %s", msg.metadata.sequence.stream, outcome)
-        EVENTS.inc("dead_lettered")
+        seq = msg.metadata.sequence.stream
+        log.info(
+            "dead-lettered seq %s: %s",
+            seq,
+            outcome,
+            extra=fields(stream_seq=seq, code=outcome.code),
+        )
+        EVENTS_DEAD_LETTERED.inc()
         await msg.term()
+
+
+@dataclass(slots=True)
+class Steps:
+    """When a batch was fetched, checked and made durable (epoch ns), for its events' spans."""
+
+    fetched: int
+    checked: tuple[int, int] = (0, 0)
+    stored: tuple[int, int] = (0, 0)
+    size: int = 0
 
 
 class FetchFailures:

@@ -21,11 +21,12 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
+from worker import tracing
 from worker.core import lifecycle
 from worker.core.ingest import request_id_for
 from worker.core.timefmt import utc_now
 from worker.errors import StoreOutageError, UnavailableError
-from worker.metrics import PATCHES, PATCHES_IGNORED
+from worker.metrics import PATCHES_APPLIED, PATCHES_IGNORED, PATCHES_REPEATED, value
 from worker.settings import Settings
 from worker.store.base import RunStore
 from worker.store.index import Query
@@ -56,7 +57,7 @@ class Explanations:
         await self._broker.publish(
             json.dumps(body, ensure_ascii=False).encode(),
             subject,
-            headers={"Nats-Msg-Id": msg_id, "content-type": "application/json"},
+            headers=tracing.inject({"Nats-Msg-Id": msg_id, "content-type": "application/json"}),
             stream=self._subjects.explain_stream,
             timeout=self._settings.publish_timeout_s,
         )
@@ -129,7 +130,7 @@ class Explanations:
         decision = decided[-1]
         patch = isinstance(messages[-1], lifecycle.Patch)
         if patch and decision.kind != "ignored":
-            PATCHES.inc("applied" if changed else "repeated")
+            (PATCHES_APPLIED if changed else PATCHES_REPEATED).inc()
         if changed:
             if decision.publish_request:
                 await self.publish_request(run)
@@ -143,7 +144,7 @@ class Explanations:
             log.info(
                 "ignored (%s); rmos_explain_patches_ignored_total=%d",
                 decision.reason,
-                PATCHES_IGNORED.value(),
+                value(PATCHES_IGNORED),
             )
         return run, decision
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,10 +24,12 @@ from faststream.nats import JStream, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig
 
 from contracts.subjects import EXPLAINER_CONSUMER, Subjects
+from worker import tracing
 from worker.broker import Broker
 from worker.client import RunsClient
-from worker.connection import DEFAULT_CONNECT_TIMEOUT_S, ConnectError, servers
+from worker.connection import DEFAULT_CONNECT_TIMEOUT_S, ConnectError, connection_name, servers
 from worker.core.timefmt import utc_now, utc_text
+from worker.output import Exit
 
 log = logging.getLogger(__name__)
 EXPLAINER_ID = "rmos-reference-explainer"
@@ -80,19 +83,23 @@ class RuleModel:
 
 
 class ReferenceExplainer:
-    """One explainer process: a FastStream app around :meth:`handle`."""
+    """One explainer process: a FastStream app around :meth:`handle`. ``nats`` is a NATS URL
+    (no credentials but the URL's), or what ``worker.connection.connect_options(settings,
+    "explainer")`` gives (the settings' user, token, nkey, creds and TLS)."""
 
     def __init__(
         self,
-        nats_url: str,
+        nats: str | Mapping[str, Any],
         subjects: Subjects,
         model: Model | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
         self.subjects = subjects
         self.model = model or RuleModel()
+        if isinstance(nats, str):
+            nats = {"servers": servers(nats), "name": connection_name("explainer")}
         self.broker = Broker(
-            servers(nats_url),
+            nats,
             first_connect_timeout=connect_timeout,  # then ConnectError: run() exits 1
             max_reconnect_attempts=-1,
             log_level=logging.DEBUG,
@@ -109,7 +116,12 @@ class ReferenceExplainer:
         )(self.handle)
 
     async def handle(self, body: dict[str, Any], msg: NatsMessage) -> None:
-        """Explain one requested run and patch the answer back."""
+        """Explain one requested run and patch the answer back, in the request's trace."""
+        attributes = {"rmos.run_id": body["run"]["run_id"], "rmos.request_id": body["request_id"]}
+        with tracing.continued(msg.headers, "rmos.explain", attributes=attributes):
+            await self._explain(body)
+
+    async def _explain(self, body: dict[str, Any]) -> None:
         client = RunsClient(self.broker.config.connection_state.connection, self.subjects)
         run = body["run"]
         try:
@@ -145,7 +157,7 @@ class ReferenceExplainer:
         except ConnectError as exc:
             log.error("cannot start: %s", exc)
             await self.broker.stop()
-            return 1
+            return Exit.UNREACHABLE
         return 0
 
     async def _patch(self, client: RunsClient, request: dict[str, Any], **fields: Any) -> None:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from worker.connection import connector, first_connect, servers
+from worker.connection import connect_options, connector, first_connect
 from worker.jetstream import ensure_replicated
 from worker.output import Progress, emit
 from worker.settings import Settings
@@ -41,11 +41,13 @@ async def migrate(settings: Settings, url: str) -> Report:
     """Copy ``settings.data_dir`` (a files store) into the jetstream store at ``url``."""
     source = FileStore(settings.data_dir)
     await source.open(rebuild_lost_index=False)
-    nc = await first_connect(servers(url), timeout=settings.connect_timeout_s, name="rmos-migrate")
+    nc = await first_connect(
+        **connect_options(settings, "migrate", url), timeout=settings.connect_timeout_s
+    )
     js = nc.jetstream()
     target = JetStreamStore(
         lambda: js,
-        connector(url, "rmos-migrate-projection"),  # never used: the index is not opened
+        connector(connect_options(settings, "migrate-projection", url)),  # never used: no index
         settings.subjects,
         settings.data_dir,
         timeout=settings.publish_timeout_s,

@@ -10,7 +10,7 @@ leader) says nothing about the message in hand, so nacking it would be wrong: af
   redelivers it nor counts a delivery);
 - the consumers fetch nothing more (:meth:`Outage.passable`);
 - the outage is logged once with its cause, and once when it ends, and shown by the gauge
-  ``rmos_store_outage`` (1 while down).
+  ``rmos_store_outage`` (1 while down), and by ``/readyz`` with its cause (``worker.health``).
 
 One ``Outage`` serves a worker's consumers: any write that works again ends it. A failure that
 belongs to one message is not an outage and keeps the per-message rule (``DeadLetters.retry``).
@@ -51,6 +51,7 @@ class Outage:
         self._clock = clock
         self._held: list[Sequence[Msg]] = []
         self._since: float | None = None
+        self.cause: str | None = None  # what the failed write said, while down
         self._ended = asyncio.Event()
         self._ended.set()
         self._keeper: asyncio.Task[None] | None = None
@@ -115,6 +116,7 @@ class Outage:
             log.debug("store still down: %s", exc)
             return
         self._since = self._clock()
+        self.cause = str(exc)
         self._ended.clear()
         STORE_OUTAGE.set(value=1)
         held = sum(len(msgs) for msgs in self._held)
@@ -128,6 +130,7 @@ class Outage:
             return
         log.warning("store works again after %.1f s; ingest resumed", self._clock() - self._since)
         self._since = None
+        self.cause = None
         self._ended.set()
         STORE_OUTAGE.set(value=0)
         if self._keeper is not None:

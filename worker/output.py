@@ -6,14 +6,29 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from enum import IntEnum
 from typing import Any, TextIO
 
 CELL_WIDTH = 64  # values wider than this are shortened in tables (a SHA-256 still fits)
 ELLIPSIS = "…"
 
 
+class Exit(IntEnum):
+    """The exit codes of every ``rmos-runs`` command (README, "Exit codes")."""
+
+    OK = 0
+    FAILED = 1  # verify: the run is not valid; migrate: conflicts; the worker stopped on a failure
+    USAGE = 2  # a bad argument or setting (argparse's own code)
+    API_ERROR = 3  # the request failed: an error reply, no worker answering, a refused replay
+    UNREACHABLE = 4  # NATS not reached within RMOS_CONNECT_TIMEOUT_S, or the connection lost
+
+
 class CommandError(Exception):
-    """A command refused or failed for a reason the operator can read (exit 2, no traceback)."""
+    """A command refused or failed for a reason the operator can read (exit 3, no traceback)."""
+
+
+class UsageError(CommandError):
+    """A command given what it cannot use: no NATS URL, a file it cannot read (exit 2)."""
 
 
 def emit(out: TextIO, text: str) -> None:
@@ -77,22 +92,43 @@ def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
 
 
 class Progress:
-    """A progress line on stderr, rewritten in place: a bar, done of total, the rate."""
+    """A progress bar (rich) on stderr while stderr is a terminal; nothing in a log or a pipe,
+    where the caller's summary line says what was done."""
 
-    def __init__(self, total: int, unit: str = "runs") -> None:
+    def __init__(self, total: int, unit: str = "runs", *, terminal: bool | None = None) -> None:
         self.total = total
-        self.unit = unit
         self.started = time.monotonic()
         self.done = 0
+        self._bar: Any = None
+        if sys.stderr.isatty() if terminal is None else terminal:
+            from rich.console import Console  # imported here: most commands never draw one
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                TextColumn(unit),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task(unit, total=total)
+            self._bar.start()
 
     def __call__(self, done: int) -> None:
         self.done = done
-        rate = done / max(time.monotonic() - self.started, 1e-6)
-        bar = "#" * (30 * done // max(self.total, 1))
-        sys.stderr.write(f"\r[{bar:<30}] {done}/{self.total} {self.unit}, {rate:,.0f}/s")
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done)
 
     def close(self) -> float:
-        """End the line; the seconds since the start."""
-        self(self.done)
-        sys.stderr.write("\n")
+        """Take the bar down; the seconds since the start."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+            self._bar.stop()
+            self._bar = None
         return time.monotonic() - self.started

@@ -22,11 +22,13 @@ from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import DeadLetterCode
 from contracts.models import ExplanationPatch
 from contracts.subjects import PATCHES_CONSUMER
+from worker import tracing
 from worker.consumer import IDLE_FETCH_S, DeadLetters, FetchFailures
 from worker.core import lifecycle
 from worker.core.ingest import describe_errors
 from worker.errors import RejectedError, StoreOutageError
 from worker.explain import Explanations
+from worker.logs import fields
 from worker.outage import Outage
 from worker.settings import Settings
 
@@ -108,7 +110,12 @@ class PatchConsumer:
                 await sub.unsubscribe()
 
     async def handle(self, msg: Msg) -> None:
-        """Apply one patch and settle its message. Never raises."""
+        """Apply one patch and settle its message, in the patch's trace. Never raises."""
+        run_id = msg.subject.rpartition(".")[2]
+        with tracing.continued(msg.headers, "rmos.patch", attributes={"rmos.run_id": run_id}):
+            await self._settled(msg)
+
+    async def _settled(self, msg: Msg) -> None:
         try:
             await self._outage.persist(lambda: self._apply(msg), self._stopping)
             await msg.ack()
@@ -118,7 +125,13 @@ class PatchConsumer:
             with contextlib.suppress(Exception):
                 await msg.nak()
         except Exception as exc:
-            log.warning("patch at seq %s not applied: %r", msg.metadata.sequence.stream, exc)
+            seq, run_id = msg.metadata.sequence.stream, msg.subject.rpartition(".")[2]
+            log.warning(
+                "patch at seq %s not applied: %r",
+                seq,
+                exc,
+                extra=fields(stream_seq=seq, run_id=run_id),
+            )
             with contextlib.suppress(Exception):
                 await self._dead_letters.retry(msg, exc)
 
@@ -134,6 +147,15 @@ class PatchConsumer:
         try:
             await self._dead_letters.send_for(msg, rejected.code, rejected.detail)
             await msg.term()
+            seq = msg.metadata.sequence.stream
+            log.info(
+                "dead-lettered patch at seq %s: %s",
+                seq,
+                rejected,
+                extra=fields(
+                    stream_seq=seq, code=rejected.code, run_id=msg.subject.rpartition(".")[2]
+                ),
+            )
         except Exception as exc:
             with contextlib.suppress(Exception):
                 await self._dead_letters.retry(msg, exc)

@@ -4,7 +4,10 @@ A worker process runs on one core at a time (CPython's GIL): validation, hashing
 commit share it. Workers are built to run side by side on one data dir and one durable consumer
 (create-if-absent by ``os.link``, a temp dir per process, compare-and-swap updates under
 ``flock``, SQLite in WAL mode), so ``rmos-runs worker --processes N`` starts N-1 more workers
-beside itself, on the same NATS URL and data dir, and the batches spread over N cores.
+beside itself, on the same NATS URL and data dir, and the batches spread over N cores. They
+connect as the first does: the URL and every connection setting (user, password, token, nkey
+seed, creds, TLS files) go to them in their environment, never on a command line (which any
+user of the host can read).
 
 The group lives and stops as one: a SIGTERM to the first process stops the others; when one of
 them exits on its own, the others are stopped and the first exits 1, for the service manager to
@@ -22,7 +25,10 @@ import signal
 import sys
 from collections.abc import Callable
 
-from worker.settings import Settings
+from pydantic import SecretStr
+
+from worker import multiproc
+from worker.settings import CONNECTION_SETTINGS, Settings
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -36,6 +42,20 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the parent still stops it on exit
         pass
+
+
+def connection_env(settings: Settings, nats_url: str) -> dict[str, str]:
+    """This process's environment with ``RMOS_NATS_URL`` and the connection settings set as in
+    ``settings`` (and unset where unset there): a child connects as this process does."""
+    env = {**os.environ, "RMOS_NATS_URL": nats_url}
+    for name in CONNECTION_SETTINGS:
+        value = getattr(settings, name)
+        variable = f"RMOS_{name.upper()}"
+        if value is None:
+            env.pop(variable, None)
+        else:
+            env[variable] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return env
 
 
 class Siblings:
@@ -56,14 +76,14 @@ class Siblings:
             return
         command = [
             sys.executable, "-m", "worker.cli", "worker",
-            "--nats-url", self._url, "--data-dir", str(self._settings.data_dir),
-            "--store", self._settings.store,
+            "--data-dir", str(self._settings.data_dir), "--store", self._settings.store,
             *(["--verbose"] if logging.getLogger().isEnabledFor(logging.DEBUG) else []),
         ]  # fmt: skip
-        for i in range(1, self._count + 1):
-            env = {**os.environ, "RMOS_PROCESSES": "1"}
-            if self._settings.metrics_port is not None:  # a port each: counters are per process
-                env["RMOS_METRICS_PORT"] = str(self._settings.metrics_port + i)
+        for _ in range(self._count):
+            env = {**connection_env(self._settings, self._url), "RMOS_PROCESSES": "1"}
+            # No port of their own: with a metrics port, the group is in multiprocess mode
+            # (PROMETHEUS_MULTIPROC_DIR, inherited) and the first process serves it all.
+            env.pop("RMOS_METRICS_PORT", None)
             proc = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -75,8 +95,15 @@ class Siblings:
             self._watchers.append(asyncio.create_task(self._watch(proc, on_exit)))
         log.info("started %d more worker processes: %s", self._count, [p.pid for p in self._procs])
 
+    def pids(self) -> list[int]:
+        """The siblings started, in order (the ``process`` label 1, 2, ... of ``process_*``)."""
+        return [proc.pid for proc in self._procs]
+
     async def _watch(self, proc: asyncio.subprocess.Process, on_exit: Callable[[], None]) -> None:
         code = await proc.wait()
+        group = multiproc.group_dir()
+        if group is not None:
+            multiproc.process_dead(group, proc.pid)
         if not self._stopping:
             log.error("worker process %d exited with %s; stopping the group", proc.pid, code)
             self.failed = True

@@ -9,9 +9,10 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from worker import multiproc
 from worker.app import Worker
 from worker.client import RunsApiError, RunsClient
-from worker.connection import ConnectError
+from worker.connection import ConnectError, connect_options
 from worker.demo import demo_events
 from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
@@ -71,6 +72,7 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
     async with nats_endpoint(settings) as url:
         worker = Worker(settings, url)
         siblings = Siblings(settings, url, settings.processes - 1)
+        worker.health.siblings = siblings.pids
         worker.on_stopping.append(siblings.terminate)
         await siblings.start(on_exit=worker.stop)
         started: list[ReferenceExplainer] = []
@@ -85,14 +87,16 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
                 log.error("demo or explainer start failed: %r", outcome)
         for explaining in started:
             await explaining.app.stop()
-        return max(code, await siblings.wait())
+        code = max(code, await siblings.wait())
+        multiproc.finish()  # the group's metrics directory, once every sibling is gone
+        return code
 
 
 async def run_explainer(settings: Settings) -> int:
     """The reference explainer; 1 (and one line) when NATS cannot be reached in time."""
-    url = resolve_url(settings)
+    options = connect_options(settings, "explainer", resolve_url(settings))
     return await ReferenceExplainer(
-        url, settings.subjects, connect_timeout=settings.connect_timeout_s
+        options, settings.subjects, connect_timeout=settings.connect_timeout_s
     ).run()
 
 
@@ -121,10 +125,7 @@ async def _when_ready(
     settings: Settings, url: str, started: list[ReferenceExplainer], demo: bool, explainer: bool
 ) -> None:
     """Once the worker answers ``api.get``: start the explainer, publish the demo events."""
-    connecting = RunsClient.connect(
-        url, settings.subjects, connect_timeout=settings.connect_timeout_s
-    )
-    async with await connecting as client:
+    async with await RunsClient.from_settings(settings, "worker-helper", url=url) as client:
         for _ in range(300):  # bounded: ~30 s
             try:
                 await client.get("run_" + "0" * 32)
@@ -135,7 +136,9 @@ async def _when_ready(
         if explainer:
             started.append(
                 ReferenceExplainer(
-                    url, settings.subjects, connect_timeout=settings.connect_timeout_s
+                    connect_options(settings, "explainer", url),
+                    settings.subjects,
+                    connect_timeout=settings.connect_timeout_s,
                 )
             )
             await started[-1].app.start()
@@ -147,9 +150,7 @@ async def _when_ready(
 async def publish_demo(settings: Settings, *, tag: str = "demo") -> int:
     """Publish the demo events; ConnectError (one line and exit 1 in the CLI) when NATS
     cannot be reached within ``RMOS_CONNECT_TIMEOUT_S``."""
-    connecting = RunsClient.connect(
-        resolve_url(settings), settings.subjects, connect_timeout=settings.connect_timeout_s
-    )
+    connecting = RunsClient.from_settings(settings, "publish-demo", url=resolve_url(settings))
     async with await connecting as client:
         await _publish_demo(client, tag)
     return 0

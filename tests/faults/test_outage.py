@@ -21,7 +21,7 @@ import pytest
 
 from contracts.canonical import derive_run_id
 from tests.integration.test_lifecycle import blocked_run, run_at, send_patch
-from tests.integration.test_metrics import free_ports, scrape
+from tests.integration.test_metrics import free_ports, probe, ready, scrape
 from tests.support import (
     SmallDisk,
     WorkerProcess,
@@ -224,3 +224,33 @@ async def test_stop_during_outage_hands_events_back(
     assert await run_count(client, outage.data_dir) == before + len(bodies)
     assert await dead_letters(client.js) == []
     assert await fresh.terminate() == 0
+
+
+async def test_readyz_reports_the_outage(
+    outage: Outage, nats_server: NatsServer, client: RunsClient
+) -> None:
+    """``/readyz`` is 503 with the store's cause while it is down (``/healthz`` stays 200), and
+    the held events show as ack-pending; ready again once it works."""
+    worker, port = await outage.worker(nats_server.url, client, SHORT_BUDGET)
+    await ready(port)
+    await outage.begin()
+    await asyncio.gather(*(client.publish_event(event(f"probe-{i}")) for i in range(50)))
+    await outage_begins(port)
+    status, body = await probe(port)
+    assert status == 503
+    reasons = body["reasons"]
+    assert isinstance(reasons, list)
+    [down] = [r for r in reasons if r.startswith("store: down (")]
+    assert outage.cause in down
+    assert await probe(port, "/healthz") == (200, {"alive": True})
+
+    async def held() -> float | None:
+        found = (await scrape(port))["rmos_events_ack_pending"]
+        return found if found > 0 else None
+
+    assert await eventually(held, timeout=15) <= 50
+
+    await outage.end()
+    await ready(port)
+    await wait_settled(client.js, timeout=60)
+    assert await worker.terminate() == 0

@@ -26,6 +26,7 @@ from tests.support import (
 )
 from worker.client import RunsClient
 from worker.nats_server import NatsServer
+from worker.output import Exit
 from worker.runner import url_file
 
 pytestmark = pytest.mark.integration
@@ -41,9 +42,9 @@ class Result:
     def json_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.out.splitlines() if line.strip()]
 
-    def assert_clean_failure(self) -> None:
-        """Exit 2 with one readable line, never a traceback."""
-        assert self.code == 2, (self.out, self.err)
+    def assert_clean_failure(self, code: Exit = Exit.API_ERROR) -> None:
+        """Exit ``code`` with one readable line, never a traceback."""
+        assert self.code == code, (self.out, self.err)
         assert "Traceback" not in self.err
         assert self.err.startswith("error")
 
@@ -99,7 +100,7 @@ class TestGet:
         assert as_json.json_lines() == [await client.get(run_id)]
 
     async def test_not_found(self, worker: WorkerProcess, nats_server: NatsServer) -> None:
-        """An API error is ``error CODE: message`` and exit 2."""
+        """An API error is ``error CODE: message`` and exit 3."""
         result = await cli("get", "run_" + "9" * 32, url=nats_server.url)
         result.assert_clean_failure()
         assert result.err.startswith("error RUN_NOT_FOUND: ")
@@ -273,7 +274,7 @@ class TestAttach:
         self, worker: WorkerProcess, nats_server: NatsServer, tmp_path: Path
     ) -> None:
         result = await cli("attach", str(tmp_path / "nope.nc"), "--kind", "g", url=nats_server.url)
-        result.assert_clean_failure()
+        result.assert_clean_failure(Exit.USAGE)
         assert "nope.nc" in result.err
 
 
@@ -282,12 +283,12 @@ class TestConnection:
 
     async def test_unreachable(self, tmp_path: Path) -> None:
         result = await cli("get", "run_" + "0" * 32, url="nats://127.0.0.1:9")
-        result.assert_clean_failure()
+        result.assert_clean_failure(Exit.UNREACHABLE)
         assert "cannot reach NATS at nats://127.0.0.1:9" in result.err
 
     async def test_no_url(self, tmp_path: Path) -> None:
         result = await cli("list", "--data-dir", str(tmp_path))
-        result.assert_clean_failure()
+        result.assert_clean_failure(Exit.USAGE)
         assert "no NATS URL" in result.err
 
     async def test_no_worker(self, nats_server: NatsServer) -> None:

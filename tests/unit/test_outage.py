@@ -11,7 +11,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from worker.errors import StoreOutageError, TransientError
-from worker.metrics import STORE_OUTAGE
+from worker.metrics import STORE_OUTAGE, value
 from worker.outage import Outage
 
 
@@ -59,7 +59,7 @@ async def test_retries_until_it_works(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="worker.outage"):
         assert await outage.persist(failing(5), asyncio.Event()) == "stored"
     assert not outage.active
-    assert STORE_OUTAGE.value() == 0
+    assert value(STORE_OUTAGE) == 0
     assert all(m.kept_alive >= 1 for m in msgs)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2  # once when it begins, once when it ends
@@ -72,7 +72,7 @@ async def test_a_read_does_not_end_it() -> None:
     outage = fast()
     await begun(outage)
     assert outage.active
-    assert STORE_OUTAGE.value() == 1
+    assert value(STORE_OUTAGE) == 1
     await outage.persist(failing(0), asyncio.Event(), write=False)
     assert outage.active  # reads work on a full disk: no proof that writes do
     await outage.persist(failing(0), asyncio.Event())

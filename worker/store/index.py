@@ -180,6 +180,18 @@ class RunIndex:
             (n,) = self._db.execute("SELECT count(*) FROM runs").fetchone()
         return int(n)
 
+    def pending_explanations(self) -> tuple[int, str | None]:
+        """(runs whose explanation is PENDING, the run id of the first created of them); both
+        from the ``runs_explanation_status`` index, without reading a row."""
+        assert self._reader is not None, "open() the index first"
+        where = "WHERE explanation_status = 'PENDING'"
+        with self._read_lock:
+            (count,) = self._reader.execute(f"SELECT count(*) FROM runs {where}").fetchone()
+            oldest = self._reader.execute(
+                f"SELECT run_id FROM runs {where} ORDER BY created_at_utc, run_id LIMIT 1"
+            ).fetchone()
+        return int(count), (str(oldest[0]) if oldest else None)
+
     def query(self, query: Query) -> list[dict[str, Any]]:
         """Up to ``limit + 1`` summaries, newest first (the extra row says a next page exists)."""
         where, params = _where(query)
