@@ -272,3 +272,22 @@ class SmallDisk:
 
     def free(self) -> None:
         self._filler.unlink(missing_ok=True)
+
+
+async def run_cli(*args: str, env: Mapping[str, str], timeout: float) -> tuple[int, str]:
+    """``rmos-runs ARGS`` as a subprocess with no ``RMOS_*`` setting but ``env``: its exit code
+    and its output (stdout and stderr together); killed if it runs past ``timeout``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RMOS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL, env={**clean, "PYTHONUNBUFFERED": "1", **env}, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")

@@ -13,12 +13,17 @@ object with the same ``explain(run) -> Explanation`` method (see :class:`Model`)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import nats.errors
+import nats.js.errors
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig
@@ -34,6 +39,8 @@ from worker.output import Exit
 log = logging.getLogger(__name__)
 EXPLAINER_ID = "rmos-reference-explainer"
 VERSION = "1"
+STREAM_NOT_FOUND = 10059  # JSStreamNotFoundErr
+STREAM_POLL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,15 +157,53 @@ class ReferenceExplainer:
         )
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (the worker must have declared the streams); 1 when NATS
-        cannot be reached within the connect timeout (one line says why)."""
+        """Run until SIGTERM/SIGINT; exit 4 when NATS cannot be reached within the connect
+        timeout (one line says why). Started before the worker, it waits for the worker's
+        stream (saying so once) instead of failing."""
         try:
+            await self.broker.connect()
+            if not await self._stream_declared():
+                await self.broker.stop()
+                return Exit.OK  # stopped while waiting
             await self.app.run()
         except ConnectError as exc:
             log.error("cannot start: %s", exc)
             await self.broker.stop()
             return Exit.UNREACHABLE
-        return 0
+        return Exit.OK
+
+    async def _stream_declared(self) -> bool:
+        """Wait until the worker has declared the explain stream; False if SIGTERM or SIGINT
+        comes first. Asks for this explainer's consumer, which its role may read (CONTRACT
+        section 8): "stream not found" means the worker has not run yet."""
+        js = self.broker.config.connection_state.stream
+        stream = self.subjects.explain_stream
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            waiting = False
+            while not stopping.is_set():
+                try:
+                    await js.consumer_info(stream, EXPLAINER_CONSUMER)
+                    break
+                except nats.js.errors.NotFoundError as exc:
+                    if exc.err_code != STREAM_NOT_FOUND:
+                        break  # the stream is there; the consumer is made at start
+                except (nats.errors.Error, TimeoutError) as exc:  # reconnecting: try again
+                    log.debug("explain stream not checked yet: %r", exc)
+                if not waiting:
+                    log.info("waiting for stream %s: `rmos-runs worker` declares it", stream)
+                    waiting = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), STREAM_POLL_S)
+            if waiting and not stopping.is_set():
+                log.info("stream %s found; explaining", stream)
+            return not stopping.is_set()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
 
     async def _patch(self, client: RunsClient, request: dict[str, Any], **fields: Any) -> None:
         patch = {

@@ -9,7 +9,7 @@ else is:
 - ``worker``: declares and updates its three streams and its two durable consumers, pulls and
   acks through them, publishes dead letters, explanation requests and status changes, watches
   JetStream's max-deliveries advisory of its events consumer, serves ``api.>`` and publishes
-  the replies (and asks itself ``api.get`` to know it is ready); and for the jetstream store
+  the replies; and for the jetstream store
   its KV buckets, history stream and object store (writes, leader reads, the ``list``
   projection's ephemeral consumer, the object store's ordered consumer with its flow
   control). One list serves both stores.
@@ -184,8 +184,6 @@ def _worker_publish(subjects: Subjects) -> list[str]:
         subjects.explain_requested,
         f"{subjects.explain}.status.*",
         INBOX,  # API replies
-        # at start-up it asks itself whether it is ready (worker/runner.py, _when_ready)
-        subjects.api_op("get"),
         # the jetstream store: writes, and reads answered by each stream's leader
         f"$KV.{store.runs_bucket}.*",
         f"$KV.{store.blob_meta_bucket}.*",

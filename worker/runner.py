@@ -76,10 +76,15 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
         worker.on_stopping.append(siblings.terminate)
         await siblings.start(on_exit=worker.stop)
         started: list[ReferenceExplainer] = []
-        helpers = asyncio.create_task(_when_ready(settings, url, started, demo, explainer))
+        helpers: list[asyncio.Task[None]] = []
+        if demo or explainer:  # only then: the worker role needs no api.get
+            helpers.append(
+                asyncio.create_task(_when_ready(settings, url, started, demo, explainer))
+            )
         code = await worker.run()
-        helpers.cancel()
-        for outcome in await asyncio.gather(helpers, return_exceptions=True):
+        for helper in helpers:
+            helper.cancel()
+        for outcome in await asyncio.gather(*helpers, return_exceptions=True):
             if isinstance(outcome, ConnectError):
                 if code == 0:  # else the worker could not connect either, and said so
                     log.error("demo or explainer not started: %s", outcome)

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -29,7 +28,7 @@ import pytest
 
 from contracts.canonical import derive_run_id
 from tests.integration.test_connect import configured_server, free_port
-from tests.support import ROOT, WorkerProcess, event, eventually, stored
+from tests.support import WorkerProcess, event, eventually, run_cli, stored
 from worker.client import RunsClient
 from worker.connection import connection_name
 from worker.nats_server import NatsServer
@@ -200,21 +199,8 @@ async def serve(servers: list[NatsServer], directory: Path, config: str, *args: 
 
 async def command(*args: str, env: dict[str, str]) -> tuple[int, str]:
     """``rmos-runs ARGS`` with only the settings ``env``: its exit code and its output."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("RMOS_")}
-    full = {**clean, "PYTHONUNBUFFERED": "1", "RMOS_CONNECT_TIMEOUT_S": CONNECT_TIMEOUT_S, **env}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL, env=full, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), COMMAND_TIMEOUT_S)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
+    settings = {"RMOS_CONNECT_TIMEOUT_S": CONNECT_TIMEOUT_S, **env}
+    return await run_cli(*args, env=settings, timeout=COMMAND_TIMEOUT_S)
 
 
 async def get_works(run_id: str, url: str, env: dict[str, str], secrets: Sequence[str]) -> None:

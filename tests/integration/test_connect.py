@@ -9,11 +9,9 @@ tests/faults/test_crashes.py, ``test_nats_server_killed_mid_stream``.)
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import PROBE_RUN, ROOT, WorkerProcess, eventually
+from tests.support import PROBE_RUN, WorkerProcess, eventually, run_cli
 from worker.connection import ConnectError, first_connect
 from worker.nats_server import NatsServer
 from worker.output import Exit
@@ -105,26 +103,10 @@ async def unreachable(
         await server.stop()
 
 
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RMOS_")}
-    return {**env, "PYTHONUNBUFFERED": "1", "RMOS_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S)}
-
-
-async def run_cli(*args: str) -> tuple[int, str]:
-    """``rmos-runs ARGS``: its exit code and its output (stdout and stderr together)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL, env=environment(), cwd=ROOT,
-    )  # fmt: skip
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), CONNECT_TIMEOUT_S + MARGIN_S)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
+async def cli(*args: str) -> tuple[int, str]:
+    """``rmos-runs ARGS`` with a short connect timeout: its exit code and its output."""
+    env = {"RMOS_CONNECT_TIMEOUT_S": str(CONNECT_TIMEOUT_S)}
+    return await run_cli(*args, env=env, timeout=CONNECT_TIMEOUT_S + MARGIN_S)
 
 
 async def run_worker(url: str, data_dir: Path) -> tuple[int, str]:
@@ -147,14 +129,12 @@ class TestFirstConnection:
         if program == "worker":
             code, out = await run_worker(unreachable.url, tmp_path / "data")
         elif program == "explainer":
-            code, out = await run_cli("explainer", "--nats-url", unreachable.url)
+            code, out = await cli("explainer", "--nats-url", unreachable.url)
         elif program == "migrate":
             data_dir = str(tmp_path / "data")
-            code, out = await run_cli(
-                "migrate", "--nats-url", unreachable.url, "--data-dir", data_dir
-            )
+            code, out = await cli("migrate", "--nats-url", unreachable.url, "--data-dir", data_dir)
         else:
-            code, out = await run_cli("get", PROBE_RUN, "--nats-url", unreachable.url)
+            code, out = await cli("get", PROBE_RUN, "--nats-url", unreachable.url)
         took = time.monotonic() - started
         assert code == Exit.UNREACHABLE, out
         assert took < CONNECT_TIMEOUT_S + MARGIN_S, out
