@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ class RunIndex:
         """Open (creating it when absent); True when the index is new and empty, or was of
         another schema version and has been emptied: the caller rebuilds it."""
         self._db = self._connect()
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _to_wal(self._db)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         with self._transaction() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -239,3 +240,16 @@ def _where(query: Query) -> tuple[str, Sequence[Any]]:
         clauses.append("(created_at_utc, run_id) < (?, ?)")
         params += list(query.after)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: when several processes open a new index at once,
+    SQLite may answer "database is locked" without waiting out ``busy_timeout``."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
