@@ -81,6 +81,29 @@ class BlobRequest(_Request):
     sha256: Sha256
 
 
+class LogCheckpointRequest(_Request):
+    """``log.checkpoint``: no fields (an empty body is the same)."""
+
+
+class LogConsistencyRequest(_Request):
+    """``log.consistency``: prove the tree of ``first`` leaves a prefix of the tree of
+    ``second`` (default: the latest checkpoint's size)."""
+
+    first: Annotated[int, Field(ge=0)]
+    second: Annotated[int, Field(ge=0)] | None = None
+
+
+MAX_LEAVES = 1000
+
+
+class LogLeavesRequest(_Request):
+    """``log.leaves``: the leaves at positions ``start`` to ``end`` (exclusive; default
+    ``start + 100``, at most ``start + 1000``, cut at the log's size)."""
+
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=1)] | None = None
+
+
 class BlobHeaders(_Request):
     """The metadata headers of ``attachments.put``; absent ones get CONTRACT section 5's
     defaults (a blob without ``Rmos-Filename`` has none)."""
@@ -154,10 +177,47 @@ class VerifyCheck(_Reply):
     actual: Any
 
 
+class LogInclusion(_Reply):
+    """``verify``'s ``log``: the leaf of the run's current revision, and the proof that it is
+    in the tree of a signed checkpoint (CONTRACT section 9)."""
+
+    leaf_index: int
+    leaf: dict[str, Any]
+    leaf_hash: str
+    tree_size: int
+    inclusion_proof: list[str]
+    checkpoint: dict[str, Any]
+
+
 class VerifyReport(_Reply):
     run_id: str
     valid: bool
     checks: list[VerifyCheck]
+    log: LogInclusion | None = None
+
+
+class CheckpointReply(_Reply):
+    checkpoint: dict[str, Any]
+
+
+class ConsistencyProof(_Reply):
+    first: int
+    second: int
+    first_root: str
+    second_root: str
+    proof: list[str]
+
+
+class LeafEntry(_Reply):
+    index: int
+    leaf_hash: str
+    leaf: dict[str, Any]
+
+
+class LeafRange(_Reply):
+    start: int
+    end: int
+    leaves: list[LeafEntry]
 
 
 class MetaPatched(_Reply):

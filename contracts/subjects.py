@@ -56,6 +56,10 @@ class Subjects:
         return f"{self.api}.{op}"
 
     @property
+    def checkpoints(self) -> str:
+        return f"{self.root}.checkpoints"
+
+    @property
     def events_stream(self) -> str:
         return f"{self.stream_prefix}_RUN_EVENTS"
 
@@ -67,12 +71,17 @@ class Subjects:
     def dlq_stream(self) -> str:
         return f"{self.stream_prefix}_DLQ"
 
+    @property
+    def checkpoints_stream(self) -> str:
+        return f"{self.stream_prefix}_CHECKPOINTS"
+
     def streams(self) -> dict[str, str]:
         """Stream name → the one subject filter it owns."""
         return {
             self.events_stream: f"{self.events}.>",
             self.explain_stream: f"{self.explain}.>",
             self.dlq_stream: f"{self.dlq}.>",
+            self.checkpoints_stream: self.checkpoints,
         }
 
     def source_of(self, subject: str) -> str | None:

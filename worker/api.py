@@ -20,6 +20,7 @@ from contracts.api import (
     ERROR_HEADER,
     FILENAME_HEADER,
     KIND_HEADER,
+    MAX_LEAVES,
     MIME_HEADER,
     SHA256_HEADER,
     BlobHeaders,
@@ -28,6 +29,9 @@ from contracts.api import (
     ExplainRequest,
     GetRequest,
     ListRequest,
+    LogCheckpointRequest,
+    LogConsistencyRequest,
+    LogLeavesRequest,
     PatchMetaRequest,
     error_reply,
     ok_reply,
@@ -49,6 +53,7 @@ from worker.explain import Explanations
 from worker.ingest import Delivery, Ingestor, Stored
 from worker.logs import fields
 from worker.metrics import API_REQUESTS, API_SECONDS
+from worker.proofs import LogRequestError, Proofs
 from worker.store.base import RunStore
 from worker.store.index import Query
 from worker.store.revisions import Change
@@ -101,12 +106,14 @@ class Api:
         store: RunStore,
         ingestor: Ingestor,
         explanations: Explanations,
+        proofs: Proofs,
         *,
         max_blob_bytes: int,
     ) -> None:
         self._store = store
         self._ingestor = ingestor
         self._explanations = explanations
+        self._proofs = proofs
         self._max_blob_bytes = max_blob_bytes
         self._ops: dict[str, Handler] = {
             "get": self.get,
@@ -119,6 +126,9 @@ class Api:
             "history": self.history,
             "attachments.put": self.put_attachment,
             "attachments.get": self.get_attachment,
+            "log.checkpoint": self.log_checkpoint,
+            "log.consistency": self.log_consistency,
+            "log.leaves": self.log_leaves,
         }
         # Bound metric children, looked up once: by op, and by (op, code) as codes are met.
         self._seconds: dict[str, Histogram] = {
@@ -150,6 +160,8 @@ class Api:
             return await handler(body, headers)
         except BadRequestError as exc:
             return _error(exc.code, exc.message)
+        except LogRequestError as exc:
+            return _error(ApiErrorCode.INVALID_REQUEST, str(exc))
         except RevisionConflictError as exc:
             return _error(
                 ApiErrorCode.REVISION_CONFLICT, str(exc), expected=exc.expected, actual=exc.actual
@@ -195,14 +207,33 @@ class Api:
         return Reply(ok_reply(a=request.a, b=request.b, **diff_runs(a, b)))
 
     async def verify(self, body: bytes, headers: Mapping[str, str]) -> Reply:
-        """Recompute every hash from the bytes on disk, never from a cache."""
+        """Recompute every hash from the stored bytes, never from a cache, and hold the run
+        against its leaves in the Merkle log, with the proof of its current revision."""
         request = parse_request(GetRequest, body)
         report = await self._store.verify_run(request.run_id)
         if report is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
-        checks = [check.as_dict() for check in report]
+        log_checks, proof = await self._proofs.run_log(request.run_id)
+        checks = [check.as_dict() for check in (*report, *log_checks)]
         valid = all(check["ok"] for check in checks)
-        return Reply(ok_reply(run_id=request.run_id, valid=valid, checks=checks))
+        return Reply(ok_reply(run_id=request.run_id, valid=valid, checks=checks, log=proof))
+
+    async def log_checkpoint(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """The latest signed checkpoint of the Merkle log."""
+        parse_request(LogCheckpointRequest, body or b"{}")
+        checkpoint = await self._proofs.checkpoint()
+        return Reply(ok_reply(checkpoint=checkpoint.as_dict()))
+
+    async def log_consistency(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """A proof that the tree of ``first`` leaves is a prefix of the tree of ``second``."""
+        request = parse_request(LogConsistencyRequest, body)
+        return Reply(ok_reply(**await self._proofs.consistency(request.first, request.second)))
+
+    async def log_leaves(self, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """A range of the log's leaves, for auditors."""
+        request = parse_request(LogLeavesRequest, body)
+        found = await self._proofs.leaves(request.start, request.end, MAX_LEAVES)
+        return Reply(ok_reply(**found))
 
     async def patch_meta(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Set or (with null) remove meta keys; a compare-and-swap when a revision is expected."""

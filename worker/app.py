@@ -22,6 +22,7 @@ from contracts.subjects import EVENTS_CONSUMER
 from worker import health, metrics, multiproc, tracing
 from worker.api import Api
 from worker.broker import Broker
+from worker.checkpoints import Checkpoints
 from worker.connection import ConnectError, connect_options, connector
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.explain import Explanations
@@ -37,6 +38,7 @@ from worker.jetstream import (
 from worker.outage import Outage
 from worker.output import Exit
 from worker.patches import PatchConsumer
+from worker.proofs import Proofs
 from worker.settings import Settings
 from worker.store.base import RunStore
 from worker.store.files import FileStore
@@ -74,8 +76,20 @@ class Worker:
         self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
         self.dead_letters = DeadLetters(self.broker, settings)
         self.explanations = Explanations(self.store, self.broker, settings)
+        self.checkpoints = Checkpoints(
+            lambda: self.broker.config.connection_state.stream,
+            settings.subjects,
+            self.store.log,
+            settings.signing_key_path,
+            interval_s=settings.checkpoint_interval_s,
+            timeout=settings.publish_timeout_s,
+        )
         self.api = Api(
-            self.store, self.ingestor, self.explanations, max_blob_bytes=settings.max_blob_bytes
+            self.store,
+            self.ingestor,
+            self.explanations,
+            Proofs(self.store, self.checkpoints),
+            max_blob_bytes=settings.max_blob_bytes,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], None]] = []
@@ -136,6 +150,13 @@ class Worker:
             )
         if isinstance(self.store, FileStore):
             await self.store.open()  # temp files swept before anything else
+        await asyncio.to_thread(self.checkpoints.open)
+        if self.settings.signing_key is None and isinstance(self.store, JetStreamStore):
+            log.warning(
+                "checkpoints are signed with this data dir's own key (%s): give every host of "
+                "the jetstream store one RMOS_SIGNING_KEY",
+                self.checkpoints.key_path,
+            )
         await self.broker.connect()
         js = self.broker.config.connection_state.stream
         subjects = self.settings.subjects
@@ -164,6 +185,7 @@ class Worker:
             ("events-consumer", events.run()),
             ("patches-consumer", patches.run()),
             ("explanation-sweeps", self.explanations.run_sweeps(self._sweeps_stop)),
+            ("checkpoints", self.checkpoints.run(self._sweeps_stop)),
         ]
         if isinstance(self.store, JetStreamStore):
             jobs.append(("list-projection", self.store.projection.run(self._sweeps_stop)))

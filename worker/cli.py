@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tag", default="demo", help="event id prefix (new tag, new runs)")
     _operator_commands(commands)
     permissions.add_command(commands)
+    _audit(commands)
     return parser
 
 
@@ -105,7 +106,22 @@ def _operator_commands(commands: Subparsers[argparse.ArgumentParser]) -> None:
     diff = _client(commands, "diff", "what changed between two runs, with its severity")
     diff.add_argument("a", metavar="RUN_A")
     diff.add_argument("b", metavar="RUN_B")
-    _client(commands, "verify", "recompute a run's hashes (exit 1: invalid)").add_argument("run_id")
+    verify = _client(commands, "verify", "recompute a run's hashes (exit 1: invalid)")
+    verify.add_argument("run_id")
+    verify.add_argument(
+        "--public-key", type=Path, help="also check the log proof here, against this key (PEM)"
+    )
+    checkpoint = _client(
+        commands, "checkpoint", "print the Merkle log's latest signed checkpoint (JSON)"
+    )
+    checkpoint.add_argument("--public-key", type=Path, help="check its signature (PEM)")
+    checkpoint.add_argument(
+        "--since",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkpoint saved earlier: check that the log extends it (exit 1 if not)",
+    )
     _client(commands, "history", "every revision of a run, oldest first").add_argument("run_id")
     attach = _client(commands, "attach", "store a file as an attachment blob")
     attach.add_argument("file", type=Path)
@@ -120,6 +136,39 @@ def _operator_commands(commands: Subparsers[argparse.ArgumentParser]) -> None:
     letters.add_argument("--limit", type=int, default=50, help="how many (default 50)")
     replay = _client(dlq_commands, "replay", "publish dead letters again", action="dlq replay")
     replay.add_argument("seqs", nargs="+", type=int, metavar="SEQ", help="dead-letter sequence")
+
+
+def _audit(commands: Subparsers[argparse.ArgumentParser]) -> None:
+    """The ``audit`` subcommand (``worker.audit``)."""
+    command = commands.add_parser(
+        "audit",
+        help="check every run, revision and history entry against the Merkle log",
+        description="Check the whole store against the tamper-evident log: every run present "
+        "and logged, every revision and history entry as logged, nothing rewritten or deleted, "
+        "and the log consistent with every signed checkpoint. Exit 1 on any finding.",
+    )
+    command.add_argument("--nats-url", help="NATS URL (env RMOS_NATS_URL)")
+    command.add_argument("--data-dir", type=Path, help="the files store's data dir")
+    command.add_argument(
+        "--store", choices=["files", "jetstream"], help="which store (env RMOS_STORE)"
+    )
+    command.add_argument(
+        "--public-key",
+        type=Path,
+        help="the checkpoint key's public PEM (default: the signing key's .pub file)",
+    )
+    command.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        help="a saved checkpoint (JSON, or JSON lines); may be given again",
+    )
+    command.add_argument(
+        "--offline", action="store_true", help="no NATS: a files data dir and saved checkpoints"
+    )
+    command.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    command.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def _client(
@@ -209,6 +258,8 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         return runner.reindex(settings)
     if args.command == "migrate":
         return asyncio.run(runner.migrate(settings))
+    if args.command == "audit":
+        return asyncio.run(runner.audit(args, settings))
     if args.command == "publish-demo":
         return asyncio.run(runner.publish_demo(settings, tag=args.tag))
     from worker import commands

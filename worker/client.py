@@ -25,16 +25,20 @@ from contracts.api import (
     KIND_HEADER,
     MIME_HEADER,
     BlobStored,
+    CheckpointReply,
+    ConsistencyProof,
     CreateResult,
     DiffResult,
     ExplainResult,
     History,
+    LeafRange,
     ListPage,
     MetaPatched,
     RunSummary,
     VerifyReport,
 )
 from contracts.subjects import Subjects
+from contracts.transparency import Checkpoint
 from worker import tracing
 from worker.connection import connect_options, first_connect, servers
 from worker.settings import Settings
@@ -199,8 +203,29 @@ class RunsClient:
         return DiffResult.model_validate(await self.request("diff", {"a": a, "b": b}))
 
     async def verify(self, run_id: str) -> VerifyReport:
-        """Every check, recomputed by the worker from the bytes on disk."""
+        """Every check, recomputed by the worker from the stored bytes, and the inclusion
+        proof of the run's current revision (``contracts.transparency.inclusion_valid``)."""
         return VerifyReport.model_validate(await self.request("verify", {"run_id": run_id}))
+
+    async def log_checkpoint(self) -> Checkpoint:
+        """The latest signed checkpoint of the Merkle log (check it: ``signature_valid``)."""
+        reply = CheckpointReply.model_validate(await self.request("log.checkpoint", {}))
+        return Checkpoint.model_validate(reply.checkpoint)
+
+    async def log_consistency(self, first: int, second: int | None = None) -> ConsistencyProof:
+        """A proof that the log's first ``first`` leaves are a prefix of its first ``second``
+        (default: the latest checkpoint's size)."""
+        body: dict[str, Any] = {"first": first}
+        if second is not None:
+            body["second"] = second
+        return ConsistencyProof.model_validate(await self.request("log.consistency", body))
+
+    async def log_leaves(self, start: int, end: int | None = None) -> LeafRange:
+        """The leaves at positions ``start`` to ``end`` (exclusive; at most 1000)."""
+        body: dict[str, Any] = {"start": start}
+        if end is not None:
+            body["end"] = end
+        return LeafRange.model_validate(await self.request("log.leaves", body))
 
     async def patch_meta(
         self, run_id: str, meta_updates: dict[str, Any], expected_revision: int | None = None

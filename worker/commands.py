@@ -21,11 +21,20 @@ from typing import Any, TextIO
 
 import nats.errors
 import nats.js.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from contracts.api import ListFilters, RunSummary
+from contracts.api import ListFilters, RunSummary, VerifyReport
 from contracts.subjects import Subjects
+from contracts.transparency import (
+    Checkpoint,
+    consistency_valid,
+    inclusion_valid,
+    key_id,
+    signature_valid,
+)
 from worker.client import RunsApiError, RunsClient
 from worker.connection import ConnectError
+from worker.core.verify import Check
 from worker.dlq import dlq_list, dlq_replay
 from worker.output import (
     CommandError,
@@ -39,6 +48,7 @@ from worker.output import (
     table,
 )
 from worker.settings import Settings
+from worker.signing import SigningKeyError, load_public
 
 LIST_COLUMNS = (
     "run_id",
@@ -121,13 +131,65 @@ async def diff(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int
 
 
 async def verify(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
-    reply = (await client.verify(args.run_id)).model_dump()
+    report = await client.verify(args.run_id)
+    reply = report.model_dump()
+    if args.public_key is not None:  # the proof checked here, not only by the worker
+        reply["checks"] += [c.as_dict() for c in proof_checks(report, _public_key(args))]
+        reply["valid"] = all(check["ok"] for check in reply["checks"])
     if args.json:
         emit(out, json_line(reply))
     else:
         emit(out, key_values([("run_id", reply["run_id"]), ("valid", reply["valid"])]))
         emit(out, "\n" + table(reply["checks"], ("name", "ok", "expected", "actual")))
     return Exit.OK if reply["valid"] else Exit.FAILED
+
+
+def proof_checks(report: VerifyReport, public: Ed25519PublicKey) -> list[Check]:
+    """``proof.signature`` and ``proof.inclusion``: the reply's checkpoint signed by ``public``,
+    and the run's leaf in that checkpoint's tree."""
+    if report.log is None:
+        return [Check("proof.inclusion", False, "a leaf in the log", "none")]
+    proof = report.log
+    checkpoint = Checkpoint.model_validate(proof.checkpoint)
+    signed = signature_valid(checkpoint, public)
+    included = inclusion_valid(proof.leaf, proof.leaf_index, proof.inclusion_proof, checkpoint)
+    return [
+        Check("proof.signature", signed, key_id(public), checkpoint.key_id),
+        Check("proof.inclusion", included, checkpoint.root_hash, f"leaf {proof.leaf_index}"),
+    ]
+
+
+def _public_key(args: argparse.Namespace) -> Ed25519PublicKey:
+    try:
+        return load_public(args.public_key)
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def checkpoint(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
+    """Print the latest checkpoint (one JSON line: save it to audit against later); with
+    ``--public-key`` check its signature, with ``--since FILE`` that it extends a saved one."""
+    from worker.audit import saved_checkpoints
+
+    latest = await client.log_checkpoint()
+    problems = []
+    if args.public_key is not None and not signature_valid(latest, _public_key(args)):
+        problems.append(f"checkpoint {latest.tree_size} is not signed by {args.public_key}")
+    for older in saved_checkpoints(args.since):
+        if older.tree_size > latest.tree_size:
+            problems.append(
+                f"the log shrank: {older.tree_size} leaves before, {latest.tree_size} now"
+            )
+            continue
+        proof = await client.log_consistency(older.tree_size, latest.tree_size)
+        if not consistency_valid(older, latest, proof.proof):
+            problems.append(
+                f"the log of {latest.tree_size} leaves does not extend checkpoint {older.tree_size}"
+            )
+    emit(out, json_line(latest.as_dict()))
+    for problem in problems:
+        note(f"error: {problem}")
+    return Exit.FAILED if problems else Exit.OK
 
 
 async def history(client: RunsClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -171,6 +233,7 @@ HANDLERS: dict[str, Handler] = {
     "list": list_runs,
     "diff": diff,
     "verify": verify,
+    "checkpoint": checkpoint,
     "history": history,
     "attach": attach,
     "dlq list": dlq_list,

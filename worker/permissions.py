@@ -156,7 +156,12 @@ def _explainer_publish(subjects: Subjects) -> list[str]:
 
 
 def _worker_publish(subjects: Subjects) -> list[str]:
-    own = [subjects.events_stream, subjects.explain_stream, subjects.dlq_stream]
+    own = [
+        subjects.events_stream,
+        subjects.explain_stream,
+        subjects.dlq_stream,
+        subjects.checkpoints_stream,
+    ]
     durables = [
         (subjects.events_stream, EVENTS_CONSUMER),
         (subjects.explain_stream, PATCHES_CONSUMER),
@@ -183,6 +188,8 @@ def _worker_publish(subjects: Subjects) -> list[str]:
         f"{subjects.dlq}.*",
         subjects.explain_requested,
         f"{subjects.explain}.status.*",
+        subjects.checkpoints,  # signed tree heads of the Merkle log, and reading the latest
+        f"{JS_API}.STREAM.MSG.GET.{subjects.checkpoints_stream}",
         INBOX,  # API replies
         # the jetstream store: writes, and reads answered by each stream's leader
         f"$KV.{store.runs_bucket}.*",

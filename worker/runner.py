@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -16,7 +17,7 @@ from worker.connection import ConnectError, connect_options
 from worker.demo import demo_events
 from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
-from worker.output import Progress
+from worker.output import Exit, Progress, UsageError, note
 from worker.processes import Siblings
 from worker.settings import Settings
 from worker.store.files import FileStore
@@ -124,6 +125,18 @@ async def migrate(settings: Settings) -> int:
     from worker import migrate
 
     return await migrate.run(settings, resolve_url(settings))
+
+
+async def audit(args: argparse.Namespace, settings: Settings) -> int:
+    """The whole store against the Merkle log (``worker.audit``); usage errors exit 2."""
+    from worker import audit
+
+    try:
+        url = None if args.offline else resolve_url(settings)
+        return await audit.run(args, settings, url)
+    except UsageError as exc:
+        note(f"rmos-runs audit: {exc}")
+        return Exit.USAGE
 
 
 async def _when_ready(

@@ -11,6 +11,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.subjects import Subjects
+from worker.signing import DEFAULT_NAME, SigningKeyError, load_private
 
 KIB = 1024
 T = TypeVar("T")
@@ -144,6 +145,14 @@ class Settings(BaseSettings):
     graceful_timeout_s: float = Field(
         default=15.0, gt=0, description="on SIGTERM, wait this long for in-flight work"
     )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 PEM key that signs log checkpoints; unset: DATA_DIR/signing.key, "
+        "made on first start",
+    )
+    checkpoint_interval_s: float = Field(
+        default=2.0, gt=0, description="while the log grows, a signed checkpoint this often"
+    )
 
     @field_validator(*CONNECTION_SETTINGS, mode="before")
     @classmethod
@@ -220,6 +229,21 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise _invalid(str(exc)) from None
         return value
+
+    @field_validator("signing_key")
+    @classmethod
+    def _a_signing_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                load_private(value)
+            except SigningKeyError as exc:
+                raise _invalid(str(exc)) from None
+        return value
+
+    @property
+    def signing_key_path(self) -> Path:
+        """The key that signs checkpoints: ``signing_key``, or the data dir's own."""
+        return self.signing_key or self.data_dir / DEFAULT_NAME
 
     @property
     def subjects(self) -> Subjects:

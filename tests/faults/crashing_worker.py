@@ -7,7 +7,8 @@ abruptly as a SIGKILL: no flush, no ack, no clean-up.
     before_flush         temp files written, not yet flushed
     after_flush          flushed, nothing linked into place
     mid_link             some runs linked, the rest not
-    before_second_flush  all linked, links not yet flushed
+    before_leaves        all linked and indexed, the batch's leaves not yet in the Merkle log
+    before_second_flush  all linked and logged, not yet flushed
     before_ack           all durable, nothing acknowledged
     before_request       a run stored PENDING, its explanation request not yet published
 """
@@ -23,6 +24,7 @@ from nats.aio.msg import Msg
 from worker import cli
 from worker.explain import Explanations
 from worker.store.durable import Flusher
+from worker.store.merkle_log import MerkleLog
 
 CRASHED = 137
 LINKS_BEFORE_CRASH = 5
@@ -38,7 +40,7 @@ def install(step: str) -> None:
     flushes = 0
     links = 0
     real_flush, real_link, real_ack = Flusher.flush, os.link, Msg.ack
-    real_request = Explanations.publish_request
+    real_request, real_append = Explanations.publish_request, MerkleLog.append
 
     def flush(self: Flusher, *args: Any, **kwargs: Any) -> None:
         nonlocal flushes
@@ -49,6 +51,8 @@ def install(step: str) -> None:
 
     def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         nonlocal links
+        if f"{os.sep}runs{os.sep}" not in os.fspath(dst):  # a blob, the signing key
+            return real_link(src, dst, *args, **kwargs)
         links += 1
         if step == "after_flush" or (step == "mid_link" and links > LINKS_BEFORE_CRASH):
             _die()
@@ -59,6 +63,11 @@ def install(step: str) -> None:
             _die()
         await real_ack(self)
 
+    def append(self: MerkleLog, records: Any) -> list[int]:
+        if step == "before_leaves" and records:
+            _die()
+        return real_append(self, records)
+
     async def publish_request(self: Explanations, run: dict[str, Any]) -> None:
         if step == "before_request":
             _die()
@@ -68,6 +77,7 @@ def install(step: str) -> None:
     os.link = link
     Msg.ack = ack  # type: ignore[method-assign]
     Explanations.publish_request = publish_request  # type: ignore[method-assign]
+    MerkleLog.append = append  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

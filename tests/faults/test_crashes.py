@@ -17,6 +17,7 @@ from tests.support import (
     event,
     eventually,
     indexed_runs,
+    run_cli,
     run_files,
     temp_files,
     wait_settled,
@@ -79,6 +80,16 @@ async def finish(
     assert temp_files(data) == []
     assert await dead_letters(client.js) == []
     assert await proc.terminate() == 0
+    await assert_audited(nats_server.url, data, runs=len(expected))
+
+
+async def assert_audited(url: str, data: Path, runs: int) -> None:
+    """``rmos-runs audit`` finds the store and the Merkle log consistent: one leaf a run."""
+    code, out = await run_cli(
+        "audit", "--nats-url", url, "--data-dir", str(data), env={}, timeout=120
+    )
+    assert code == 0, out
+    assert f"audit: {runs} runs, {runs} revisions, {runs} leaves" in out, out
 
 
 class TestBatchCommitCrash:
@@ -90,6 +101,7 @@ class TestBatchCommitCrash:
             ("before_flush", 0),
             ("after_flush", 0),
             ("mid_link", LINKS_BEFORE_CRASH),
+            ("before_leaves", None),
             ("before_second_flush", None),
             ("before_ack", None),
         ],

@@ -28,7 +28,15 @@ def rid(n: int) -> str:
 
 
 def art(run_id: str, tag: str = "a") -> dict[str, Any]:
-    return {"run_id": run_id, "revision": 1, "hashes": {"event_sha256": tag * 64}}
+    return {
+        "run_id": run_id,
+        "revision": 1,
+        "source": "engine-a",
+        "event_id": run_id,
+        "recorded_at_utc": "2026-12-01T00:00:00.000000+00:00",
+        "content_sha256": tag * 64,
+        "hashes": {"event_sha256": tag * 64},
+    }
 
 
 @pytest.fixture(params=[True, False], ids=["syncfs", "fsync"])

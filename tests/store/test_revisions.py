@@ -115,7 +115,7 @@ class TestFailedChanges:
     ) -> None:
         run = await a_run(store)
         await store.update_run(run["run_id"], lambda _: set_meta(a=1))
-        history_file = store.revisions._history_path(run["run_id"])
+        history_file = store.revisions.history_path(run["run_id"])
         before = history_file.read_bytes()
         real, calls = os.write, [0]
 
@@ -146,7 +146,7 @@ class TestFailedChanges:
     async def test_torn_line_is_ended(self, store: FileStore) -> None:
         """A line torn by a crash is skipped and does not swallow the next change's line."""
         run = await a_run(store)
-        history_file = store.revisions._history_path(run["run_id"])
+        history_file = store.revisions.history_path(run["run_id"])
         history_file.write_bytes(b'{"revision": 2, "at": "20')
         await store.update_run(run["run_id"], lambda _: set_meta(a=1))
         history = await store.history(run["run_id"]) or []

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worker.core.verify import Check
 from worker.store.index import Query
+from worker.store.merkle_log import Leaf, MerkleLog
 from worker.store.revisions import Decide
 
 
@@ -38,8 +39,40 @@ class BlobInfo:
     filename: str  # "" when none was given
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """A run as an audit reads it: the artifact's stored bytes and its history's raw entries
+    (every revision after the first, in the order the store keeps them)."""
+
+    run_id: str
+    artifact: bytes
+    history: list[bytes]
+
+
 class RunStore(Protocol):
-    """Artifacts and blobs. Every id passed in has been validated against its pattern."""
+    """Artifacts and blobs. Every id passed in has been validated against its pattern.
+
+    Every revision a store makes durable is logged in the same write (a leaf of the Merkle log,
+    ``contracts.transparency``): no acknowledged revision lacks its leaf, and no leaf names a
+    revision that was never stored.
+    """
+
+    @property
+    def log(self) -> MerkleLog:
+        """This host's copy of the Merkle log (the log itself with the files store): heads and
+        proofs. A prefix of the log, which ``log_reaches`` waits to grow."""
+
+    async def log_reaches(self, size: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until ``log`` holds ``size`` leaves; False if it does not."""
+
+    async def logged(self, run_id: str) -> list[Leaf]:
+        """The run's leaves, by revision, as the log holds them now (not as a lagging copy)."""
+
+    async def catch_up_log(self) -> int:
+        """Bring ``log`` up to the log's size now and return that size (an audit's start)."""
+
+    def stored_runs(self) -> AsyncIterator[StoredRun]:
+        """Every stored run (a full scan, for ``audit``; never for queries)."""
 
     async def open(self) -> None:
         """Create the layout and remove leftovers of a crash; before the first message."""

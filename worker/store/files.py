@@ -7,12 +7,14 @@ Layout::
     blobs/<xx>/<sha256>.json    the blob's kind, mime, filename and size, written before it
     history/<xx>/<run_id>.jsonl the changes after creation, one line a revision (``revisions``)
     index.sqlite                the ``list`` index, a projection of runs/ (see ``index``)
+    log.sqlite                  the Merkle log: a leaf per revision, subtree hashes (``merkle_log``)
     tmp/<process>/              temp files and intents of one live process (see ``workspace``)
 
 A file is created by writing a temp file, flushing, then ``os.link``-ing it to its final name:
 the link fails with EEXIST when the name exists (create-if-absent across processes), and a
 reader never sees a partial file. Runs are created a batch at a time: one flush for the temp
-files and the batch's intent, links, one index transaction, one flush for links and index.
+files and the batch's intent, links, one index transaction, one log transaction (the leaves of
+the batch), one flush for links, index and log.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,14 @@ import aiofiles
 
 from contracts.canonical import sha256_file, sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
+from contracts.transparency import leaf_record
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
 from worker.errors import StoreOutageError, TransientError
-from worker.store.base import BlobInfo, Created, NewRun
+from worker.store.base import BlobInfo, Created, NewRun, StoredRun
 from worker.store.index import Query, RunIndex
-from worker.store.revisions import Decide, Revisions, encode
+from worker.store.merkle_log import Leaf, MerkleLog
+from worker.store.revisions import Decide, Revisions, created_entry, encode
 from worker.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -68,8 +72,40 @@ class FileStore:
         self.workspace = Workspace(data_dir, use_syncfs=use_syncfs)
         # With syncfs the commit's last flush covers the index's WAL too; else SQLite fsyncs.
         self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=self.workspace.batched)
+        self._log = MerkleLog(data_dir / "log.sqlite", flushed_by_caller=self.workspace.batched)
         self.history_dir = data_dir / "history"
-        self.revisions = Revisions(self.history_dir, self.workspace, self.index)
+        self.revisions = Revisions(self.history_dir, self.workspace, self.index, self._log)
+
+    @property
+    def log(self) -> MerkleLog:
+        return self._log
+
+    async def log_reaches(self, size: int, timeout: float) -> bool:
+        return await asyncio.to_thread(self._log.size) >= size
+
+    async def logged(self, run_id: str) -> list[Leaf]:
+        return await asyncio.to_thread(self._log.leaves_of, run_id)
+
+    async def catch_up_log(self) -> int:
+        return await asyncio.to_thread(self._log.size)
+
+    async def stored_runs(self, chunk: int = 512) -> AsyncIterator[StoredRun]:
+        paths = self._run_paths()
+        while batch := await asyncio.to_thread(self._read_runs, paths, chunk):
+            for run in batch:
+                yield run
+
+    def _read_runs(self, paths: Iterator[Path], chunk: int) -> list[StoredRun]:
+        runs = []
+        for path in paths:
+            try:
+                lines = self.revisions.history_path(path.stem).read_bytes().splitlines()
+            except FileNotFoundError:
+                lines = []
+            runs.append(StoredRun(path.stem, path.read_bytes(), [x for x in lines if x]))
+            if len(runs) == chunk:
+                break
+        return runs
 
     async def open(self, *, rebuild_lost_index: bool = True) -> None:
         """Create the layout, sweep leftovers, repair the index; before the first message."""
@@ -80,6 +116,7 @@ class FileStore:
         shards = [parent / s for parent in parents for s in _SHARDS]
         unfinished = self.workspace.open(shards)
         fresh_index = self.index.open()
+        self._log.open()
         if "stream_created" in self.index.state():  # a jetstream store's projection was here
             self.index.clear({})
             fresh_index = True
@@ -89,10 +126,12 @@ class FileStore:
         elif unfinished:
             found = [_load(p) for p in map(self.run_path, unfinished) if p.exists()]
             self.index.upsert(found)
+            self.revisions.log_current(found)
             log.info("indexed %d runs of %d interrupted commits", len(found), len(unfinished))
 
     def close(self) -> None:
         self.index.close()
+        self._log.close()
         self.workspace.close()
 
     def _run_paths(self) -> Iterator[Path]:
@@ -216,7 +255,15 @@ class FileStore:
             # Runs that existed are indexed again from their file: a commit that linked them
             # and failed before its index transaction is repaired by the redelivery.
             self.index.upsert(result.stored for result in results)
-            # One flush for the links and the index together (see ``RunIndex``).
+            # Leaves likewise: a run that exists from a crashed commit gets its leaf now.
+            self._log.append(
+                [
+                    leaf_record(r.stored, created_entry(r.stored))
+                    for r in results
+                    if r.stored.get("revision") == 1
+                ]
+            )
+            # One flush for the links, the index and the log together (see ``RunIndex``).
             self.workspace.flush(dirs={final.parent for final in finals})
         return results
 

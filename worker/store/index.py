@@ -100,7 +100,7 @@ class RunIndex:
         """Open (creating it when absent); True when the index is new and empty, or was of
         another schema version and has been emptied: the caller rebuilds it."""
         self._db = self._connect()
-        _to_wal(self._db)
+        to_wal(self._db)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         with self._transaction() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -242,7 +242,7 @@ def _where(query: Query) -> tuple[str, Sequence[Any]]:
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
+def to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
     """``PRAGMA journal_mode=WAL``, retried: when several processes open a new index at once,
     SQLite may answer "database is locked" without waiting out ``busy_timeout``."""
     for attempt in range(attempts):

@@ -5,10 +5,15 @@ Only ``meta``, ``advisory_inputs`` and the ``explanation_*`` fields ever change 
 
     lock the run's shard (flock: safe across processes, not only across tasks)
     read the current artifact; refuse a stale ``expected_revision``
+    log the current revision if it has no leaf yet (its commit crashed before the leaf)
     append the history entry of the new revision, write the new artifact to a temp file,
     write an intent; one flush
-    rename the temp file over the artifact (atomic), refresh the index; one flush
+    rename the temp file over the artifact (atomic), refresh the index, append the new
+    revision's leaf to the Merkle log; one flush
     unlock
+
+A crash after the rename but before the leaf leaves the intent: start-up logs the revision the
+artifact reached (``log_current``), as it refreshes the index.
 
 A crash after the history line but before the rename leaves a line for a revision the
 artifact never reached: readers keep only entries up to the artifact's revision, the last one
@@ -29,10 +34,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from contracts.transparency import leaf_record
 from worker.core.ingest import content_sha256
 from worker.core.timefmt import utc_text
 from worker.errors import RevisionConflictError
 from worker.store.index import RunIndex
+from worker.store.merkle_log import MerkleLog
 from worker.store.workspace import Workspace
 
 
@@ -56,12 +63,15 @@ def encode(document: dict[str, Any]) -> bytes:
 class Revisions:
     """Updates and history of the runs under one data dir."""
 
-    def __init__(self, history_dir: Path, workspace: Workspace, index: RunIndex) -> None:
+    def __init__(
+        self, history_dir: Path, workspace: Workspace, index: RunIndex, merkle_log: MerkleLog
+    ) -> None:
         self.history_dir = history_dir
         self._workspace = workspace
         self._index = index
+        self._log = merkle_log
 
-    def _history_path(self, run_id: str) -> Path:
+    def history_path(self, run_id: str) -> Path:
         return self.history_dir / run_id[4:6] / f"{run_id}.jsonl"
 
     @contextmanager
@@ -95,11 +105,12 @@ class Revisions:
             if proposed is None:
                 return current, False
             new, entry = proposed
+            self.log_current([current])
             self._write(path, new, entry)
             return new, True
 
     def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
-        history = self._history_path(path.stem)
+        history = self.history_path(path.stem)
         _append_line(history, encode(entry))
         with self._workspace.scratch() as scratch:
             intent = scratch.intent([path.stem])
@@ -107,13 +118,31 @@ class Revisions:
             self._workspace.flush(files=[history, intent, temp])
             os.replace(temp, path)
             self._index.upsert([new])
+            self._log.append([leaf_record(new, entry)])
             self._workspace.flush(dirs=[path.parent])
+
+    def log_current(self, artifacts: Iterable[dict[str, Any]]) -> None:
+        """Give each artifact's current revision its leaf unless it has one (after a crash
+        between the artifact's write and its leaf). Its entry is the history's, as readers see
+        it."""
+        records = []
+        for artifact in artifacts:
+            revision = artifact.get("revision")
+            if not isinstance(revision, int) or self._log.has(artifact["run_id"], revision):
+                continue
+            if revision > 1:
+                entries = {e["revision"]: e for e in self.history(artifact)}
+                if revision in entries:
+                    records.append(leaf_record(artifact, entries[revision]))
+            elif revision == 1:
+                records.append(leaf_record(artifact, created_entry(artifact)))
+        self._log.append(records)
 
     def history(self, artifact: dict[str, Any]) -> list[dict[str, Any]]:
         """Every revision, oldest first: creation, then each change that reached the artifact."""
         entries: dict[int, dict[str, Any]] = {1: created_entry(artifact)}
         try:
-            lines = self._history_path(artifact["run_id"]).read_bytes().splitlines()
+            lines = self.history_path(artifact["run_id"]).read_bytes().splitlines()
         except FileNotFoundError:
             lines = []
         for line in lines:

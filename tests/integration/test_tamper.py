@@ -1,0 +1,355 @@
+"""Tamper evidence against a real worker: every forgery of issue 11 is caught by ``verify`` and
+by ``rmos-runs audit``, and an untouched store passes both, online and offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from contracts.canonical import canonical, derive_run_id
+from contracts.transparency import (
+    Checkpoint,
+    consistency_valid,
+    inclusion_valid,
+    leaf_record,
+    sign_checkpoint,
+    signature_valid,
+)
+from tests.support import BOTH_STORES, WorkerProcess, event, eventually, run_cli, stored, tamper
+from worker.client import RunsApiError, RunsClient
+from worker.core.ingest import content_sha256
+from worker.nats_server import NatsServer
+from worker.signing import load_public
+from worker.store.merkle_log import MerkleLog
+from worker.store.revisions import created_entry
+
+pytestmark = pytest.mark.integration
+QUICK_CHECKPOINTS = {"RMOS_CHECKPOINT_INTERVAL_S": "0.3"}
+
+
+@pytest.fixture
+async def worker(
+    nats_server: NatsServer, client: RunsClient, tmp_path: Path, store_env: dict[str, str]
+) -> AsyncIterator[WorkerProcess]:
+    proc = WorkerProcess(nats_server.url, tmp_path / "data", env={**store_env, **QUICK_CHECKPOINTS})
+    await proc.start(client)
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.returncode is None:
+            await proc.terminate()
+
+
+def public_key(worker: WorkerProcess) -> Path:
+    return worker.data_dir / "signing.key.pub"
+
+
+async def publish(client: RunsClient, event_id: str, **fields: Any) -> dict[str, Any]:
+    await client.publish_event(event(event_id, explain=False, **fields))
+    return await stored(client, derive_run_id("engine-a", event_id))
+
+
+async def blocked_run(client: RunsClient) -> dict[str, Any]:
+    return await publish(
+        client, "blocked", status="BLOCKED", decision={"risk_level": "RED", "score": 12}
+    )
+
+
+async def revised_run(client: RunsClient) -> dict[str, Any]:
+    """A run at revision 3: two meta changes after its creation."""
+    run = await publish(client, "revised")
+    await client.patch_meta(run["run_id"], {"operator": "a"})
+    await client.patch_meta(run["run_id"], {"operator": "b"})
+    return await client.get(run["run_id"])
+
+
+async def audit(worker: WorkerProcess, *args: str) -> tuple[int, dict[str, Any]]:
+    env = {"RMOS_STORE": "jetstream"} if _jetstream(worker) else {}
+    code, out = await run_cli(
+        "audit", "--nats-url", str(worker.nats_url), "--data-dir", str(worker.data_dir),
+        "--public-key", str(public_key(worker)), "--json", *args, env=env, timeout=120,
+    )  # fmt: skip
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, out
+    return code, json.loads(lines[-1])
+
+
+def _jetstream(worker: WorkerProcess) -> bool:
+    return worker.env.get("RMOS_STORE") == "jetstream"
+
+
+def kinds(summary: dict[str, Any], run_id: str | None = None) -> set[str]:
+    return {f["kind"] for f in summary["findings"] if run_id is None or f["run_id"] == run_id}
+
+
+async def covering(client: RunsClient, size: int) -> Checkpoint:
+    """The latest checkpoint once it covers ``size`` leaves."""
+
+    async def probe() -> Checkpoint | None:
+        checkpoint = await client.log_checkpoint()
+        return checkpoint if checkpoint.tree_size >= size else None
+
+    return await eventually(probe, timeout=20)
+
+
+def forge_decision(data: bytes) -> bytes:
+    """The forgery of issue 11: a BLOCKED, RED run rewritten OK and GREEN, with its content
+    hash recomputed by the contract's own rule."""
+    artifact = json.loads(data)
+    artifact["status"] = "OK"
+    artifact["decision"]["risk_level"] = "GREEN"
+    artifact["content_sha256"] = content_sha256(artifact)
+    return canonical(artifact)
+
+
+def history_file(worker: WorkerProcess, run_id: str) -> Path:
+    return worker.data_dir / "history" / run_id[4:6] / f"{run_id}.jsonl"
+
+
+@BOTH_STORES
+class TestUntouched:
+    async def test_verify_proves_and_audit_passes(
+        self, worker: WorkerProcess, client: RunsClient
+    ) -> None:
+        """Every log check passes, the proof checks out against the signed checkpoint with
+        only the public key, and the audit finds nothing."""
+        runs = [await blocked_run(client), await revised_run(client)]
+        public = load_public(public_key(worker)) if not _jetstream(worker) else None
+        for run in runs:
+            report = await client.verify(run["run_id"])
+            assert report.valid, report
+            names = {c.name for c in report.checks}
+            assert {"log.revisions", "log.artifact", "log.history"} <= names
+            assert report.log is not None
+            assert report.log.leaf["revision"] == run["revision"]
+            checkpoint = Checkpoint.model_validate(report.log.checkpoint)
+            assert inclusion_valid(
+                report.log.leaf, report.log.leaf_index, report.log.inclusion_proof, checkpoint
+            )
+            if public is not None:
+                assert signature_valid(checkpoint, public)
+        await covering(client, 4)  # 1 + 3 revisions
+        code, summary = await audit(worker)
+        assert code == 0, summary
+        assert (summary["runs"], summary["revisions"], summary["leaves"]) == (2, 4, 4)
+        assert summary["checkpoints"] >= 1
+
+    async def test_forged_decision_caught(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """Issue 11's forgery passes the content hash, but not the log: verify and audit fail."""
+        run = await blocked_run(client)
+        await covering(client, 1)
+        await tamper(client, worker.data_dir, run["run_id"], forge_decision)
+        forged = await client.get(run["run_id"])
+        assert (forged["status"], forged["decision"]["risk_level"]) == ("OK", "GREEN")
+        report = await client.verify(run["run_id"])
+        assert report.valid is False
+        assert [c.name for c in report.checks if not c.ok] == ["log.artifact"]
+        code, summary = await audit(worker)
+        assert code == 1
+        assert kinds(summary, run["run_id"]) == {"run.rewritten"}
+
+    async def test_deleted_run_caught(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """A run removed from the store is named by the audit."""
+        kept, gone = await publish(client, "kept"), await publish(client, "gone")
+        await covering(client, 2)
+        if _jetstream(worker):
+            kv = await client.js.key_value("RMOS_RUNS")
+            await kv.delete(gone["run_id"])
+        else:
+            path = worker.data_dir / "runs" / gone["run_id"][4:6] / f"{gone['run_id']}.json"
+            path.unlink()
+        code, summary = await audit(worker)
+        assert code == 1
+        assert [(f["kind"], f["run_id"]) for f in summary["findings"]] == [
+            ("run.deleted", gone["run_id"])
+        ]
+        assert kept["run_id"] != gone["run_id"]
+
+
+class TestHistoryTampering:
+    """The files store's history lines: deleted, reordered or rewritten."""
+
+    async def test_deleted_line(self, worker: WorkerProcess, client: RunsClient) -> None:
+        run = await revised_run(client)
+        path = history_file(worker, run["run_id"])
+        lines = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(lines[1])  # revision 2's line gone
+        report = await client.verify(run["run_id"])
+        assert [c.name for c in report.checks if not c.ok] == ["log.history"]
+        code, summary = await audit(worker)
+        assert code == 1
+        assert kinds(summary, run["run_id"]) == {"history.missing"}
+
+    async def test_reordered_lines(self, worker: WorkerProcess, client: RunsClient) -> None:
+        run = await revised_run(client)
+        path = history_file(worker, run["run_id"])
+        first, second = path.read_bytes().splitlines(keepends=True)
+        path.write_bytes(second + first)
+        code, summary = await audit(worker)
+        assert code == 1
+        assert kinds(summary, run["run_id"]) == {"history.reordered"}
+
+    async def test_rewritten_line(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """A line appended for revision 2 shadows the logged one (readers take the last)."""
+        run = await revised_run(client)
+        path = history_file(worker, run["run_id"])
+        entry = json.loads(path.read_bytes().splitlines()[0])
+        entry["by"] = "someone else"
+        with path.open("ab") as fh:
+            fh.write(canonical(entry) + b"\n")
+        history = await client.history(run["run_id"])
+        assert history.revisions[1].by == "someone else"
+        report = await client.verify(run["run_id"])
+        assert [c.name for c in report.checks if not c.ok] == ["log.history"]
+        code, summary = await audit(worker)
+        assert code == 1
+        assert kinds(summary, run["run_id"]) == {"history.rewritten"}
+
+
+def rewrite_log(data_dir: Path, records: list[dict[str, Any]]) -> MerkleLog:
+    """Replace ``log.sqlite`` by a log of ``records``, as someone with the data dir could."""
+    for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
+        (data_dir / name).unlink(missing_ok=True)
+    forged = MerkleLog(data_dir / "log.sqlite")
+    forged.open()
+    forged.append(records)
+    return forged
+
+
+def log_records(data_dir: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(data_dir / "log.sqlite") as db:
+        return [json.loads(r) for (r,) in db.execute("SELECT record FROM leaves ORDER BY idx")]
+
+
+class TestLogTampering:
+    """The log itself: truncated, or rewritten and signed again with another key."""
+
+    async def test_truncated_log(self, worker: WorkerProcess, client: RunsClient) -> None:
+        runs = [await publish(client, f"t{i}") for i in range(4)]
+        await covering(client, 4)
+        assert await worker.terminate() == 0
+        records = log_records(worker.data_dir)
+        rewrite_log(worker.data_dir, records[:2]).close()
+        code, summary = await audit(worker)
+        assert code == 1
+        assert "log.truncated" in kinds(summary)
+        unlogged = {f["run_id"] for f in summary["findings"] if f["kind"] == "run.unlogged"}
+        assert unlogged == {r["run_id"] for r in runs[2:]}
+
+    async def test_resigned_with_another_key(
+        self, worker: WorkerProcess, client: RunsClient
+    ) -> None:
+        """A forger rewrites the artifact, rebuilds the log around it and publishes a
+        checkpoint signed with a key of their own: the real key's checkpoints expose it."""
+        run = await blocked_run(client)
+        await publish(client, "other")
+        real = await covering(client, 2)
+        assert await worker.terminate() == 0
+        await tamper(client, worker.data_dir, run["run_id"], forge_decision)
+        forged_artifact = await read_artifact(worker, run["run_id"])
+        records = log_records(worker.data_dir)
+        records[0] = leaf_record(forged_artifact, created_entry(forged_artifact))
+        forged_log = rewrite_log(worker.data_dir, records)
+        size, root = forged_log.head()
+        forged_log.close()
+        key = Ed25519PrivateKey.generate()
+        fake = sign_checkpoint(
+            key, origin=real.origin, tree_size=size, root=root, issued_at=real.issued_at
+        )
+        await client.js.publish(client.subjects.checkpoints, canonical(fake.as_dict()))
+        code, summary = await audit(worker)
+        assert code == 1
+        assert {"checkpoint.signature", "log.rewritten"} <= kinds(summary)
+        assert "run.rewritten" not in kinds(summary)  # the forged log agrees with the forgery
+
+
+async def read_artifact(worker: WorkerProcess, run_id: str) -> dict[str, Any]:
+    path = worker.data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
+    document: dict[str, Any] = json.loads(path.read_bytes())
+    return document
+
+
+class TestOffline:
+    async def test_copy_and_saved_checkpoint(
+        self, worker: WorkerProcess, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """A copy of the data dir, a checkpoint saved with ``rmos-runs checkpoint`` and the
+        public key are all an offline audit needs; a forgery in the copy is caught."""
+        run = await blocked_run(client)
+        await revised_run(client)
+        await covering(client, 4)
+        code, out = await run_cli(
+            "checkpoint", "--nats-url", str(worker.nats_url), "--public-key",
+            str(public_key(worker)), env={}, timeout=30,
+        )  # fmt: skip
+        assert code == 0, out
+        saved = tmp_path / "checkpoint.json"
+        saved.write_text(out.splitlines()[-1])
+        copy = tmp_path / "copy"
+        shutil.copytree(worker.data_dir, copy)
+        pub = tmp_path / "key.pub"
+        shutil.copy(public_key(worker), pub)
+        offline = ("audit", "--offline", "--data-dir", str(copy), "--checkpoint", str(saved))
+        code, out = await run_cli(*offline, "--public-key", str(pub), env={}, timeout=60)
+        assert code == 0, out
+        assert "audit: 2 runs, 4 revisions, 4 leaves, 1 checkpoints: no findings" in out
+        path = copy / "runs" / run["run_id"][4:6] / f"{run['run_id']}.json"
+        path.write_bytes(forge_decision(path.read_bytes()))
+        code, out = await run_cli(*offline, "--public-key", str(pub), env={}, timeout=60)
+        assert code == 1, out
+        assert f"run.rewritten {run['run_id']}" in out
+        code, out = await run_cli(*offline, env={}, timeout=60)  # no key: refused
+        assert code == 2, out
+        assert "--public-key" in out
+
+    async def test_checkpoint_since(
+        self, worker: WorkerProcess, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """``rmos-runs checkpoint --since`` proves the log extends a saved checkpoint, and
+        says so when it does not."""
+        await publish(client, "a")
+        first = await covering(client, 1)
+        saved = tmp_path / "first.json"
+        saved.write_bytes(canonical(first.as_dict()))
+        await publish(client, "b")
+        await covering(client, 2)
+        args = ("checkpoint", "--nats-url", str(worker.nats_url), "--since", str(saved))
+        code, out = await run_cli(*args, env={}, timeout=30)
+        assert code == 0, out
+        bogus = first.model_copy(update={"root_hash": "0" * 64})
+        saved.write_bytes(canonical(bogus.as_dict()))
+        code, out = await run_cli(*args, env={}, timeout=30)
+        assert code == 1, out
+        assert "does not extend checkpoint 1" in out
+
+
+@BOTH_STORES
+class TestLogApi:
+    async def test_consistency_and_leaves(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """Consistency proofs between two checkpoints verify; leaves come back in order;
+        requests beyond the log are refused."""
+        await publish(client, "a")
+        old = await covering(client, 1)
+        for name in "bcd":
+            await publish(client, name)
+        new = await covering(client, 4)
+        proof = await client.log_consistency(old.tree_size, new.tree_size)
+        assert consistency_valid(old, new, proof.proof)
+        assert (proof.first_root, proof.second_root) == (old.root_hash, new.root_hash)
+        page = await client.log_leaves(0)
+        assert [leaf.index for leaf in page.leaves] == list(range(new.tree_size))
+        assert {leaf.leaf["revision"] for leaf in page.leaves} == {1}
+        for bad in ({"first": 5, "second": 2}, {"first": 0, "second": new.tree_size + 50}):
+            with pytest.raises(RunsApiError) as info:
+                await client.request("log.consistency", bad)
+            assert info.value.code == "INVALID_REQUEST"
+        with pytest.raises(RunsApiError) as info:
+            await client.request("log.leaves", {"start": 0, "end": 5000})
+        assert info.value.code == "INVALID_REQUEST"

@@ -1,0 +1,229 @@
+"""``rmos-runs audit``: the whole store held against the Merkle log and its checkpoints.
+
+Online (the default) it reads every checkpoint the deployment published (the checkpoints
+stream: the witnesses' history of tree heads) and, for the jetstream store, copies the log
+stream into a fresh local copy first. ``--offline`` needs no NATS at all: a files data dir (or a
+copy of one), checkpoints saved earlier (``--checkpoint FILE``, e.g. the output of ``rmos-runs
+log-checkpoint --json``) and the public key. Findings are printed one a line; exit 1 on any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, suppress
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from contracts.canonical import parse_json
+from contracts.transparency import Checkpoint
+from worker.connection import connect_options, connector, first_connect
+from worker.core.log_checks import Audit
+from worker.output import Exit, Progress, UsageError, emit, json_line
+from worker.settings import Settings
+from worker.signing import SigningKeyError, load_public, public_path
+from worker.store.base import RunStore
+from worker.store.files import FileStore
+from worker.store.jetstream import JetStreamStore
+
+FETCH = 1000
+
+
+def saved_checkpoints(paths: list[Path]) -> list[Checkpoint]:
+    """Checkpoints from files: one JSON object (a checkpoint, or a ``log.checkpoint`` reply)
+    or JSON lines of them."""
+    found = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"checkpoint {path}: {exc.strerror or exc}") from None
+        for number, line in enumerate(_documents(text), 1):
+            try:
+                document = parse_json(line)
+                document = document.get("checkpoint", document)
+                found.append(Checkpoint.model_validate(document))
+            except (ValueError, AttributeError, ValidationError) as exc:
+                reason = str(exc).splitlines()[0]
+                raise UsageError(
+                    f"checkpoint {path}:{number}: not a checkpoint: {reason}"
+                ) from None
+    return found
+
+
+def _documents(text: str) -> Iterator[str]:
+    stripped = text.strip()
+    if not stripped:
+        return
+    try:
+        json.loads(stripped)
+        yield stripped
+    except ValueError:
+        yield from (line for line in stripped.splitlines() if line.strip())
+
+
+async def published_checkpoints(js: JetStreamContext, settings: Settings) -> list[Checkpoint]:
+    """Every checkpoint in the deployment's checkpoints stream, oldest first."""
+    stream = settings.subjects.checkpoints_stream
+    last = (await js.stream_info(stream)).state.last_seq
+    if last == 0:
+        return []
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        deliver_policy=DeliverPolicy.ALL,
+        inactive_threshold=30.0,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    sub = await js.pull_subscribe(settings.subjects.checkpoints, stream=stream, config=config)
+    found: list[Checkpoint] = []
+    try:
+        seq = 0
+        while seq < last:
+            for msg in await sub.fetch(FETCH, timeout=5.0):
+                seq = msg.metadata.sequence.stream
+                try:
+                    found.append(Checkpoint.model_validate(parse_json(msg.data)))
+                except (ValueError, ValidationError):
+                    continue  # not a checkpoint: the audit counts what it could read
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+def public_key_path(args: argparse.Namespace, settings: Settings) -> Path:
+    """``--public-key``; online, the signing key's ``.pub`` by default (checkpoints signed by
+    another key are findings then), never offline: a copy's own key proves nothing."""
+    if args.public_key is not None:
+        return Path(args.public_key)
+    if args.offline:
+        raise UsageError("--offline needs --public-key (the key the checkpoints are signed with)")
+    own = public_path(settings.signing_key_path)
+    if own.exists():
+        return own
+    raise UsageError(f"no public key: pass --public-key (none at {own})")
+
+
+async def audit(args: argparse.Namespace, settings: Settings, url: str | None) -> tuple[Audit, int]:
+    """Run the audit; (its result, the checkpoints checked)."""
+    try:
+        public = load_public(public_key_path(args, settings))
+    except SigningKeyError as exc:
+        raise UsageError(str(exc)) from None
+    checkpoints = saved_checkpoints(args.checkpoint)
+    async with AsyncExitStack() as stack:
+        if args.offline:
+            if settings.store != "files":
+                raise UsageError("--offline audits a files data dir (--store files)")
+            if not checkpoints:
+                raise UsageError("--offline needs --checkpoint FILE (a saved checkpoint)")
+            store: RunStore = await _files(settings.data_dir, stack)
+        else:
+            assert url is not None
+            nc = await first_connect(
+                **connect_options(settings, "audit", url), timeout=settings.connect_timeout_s
+            )
+            stack.push_async_callback(_close, nc)
+            js = nc.jetstream()
+            checkpoints += await published_checkpoints(js, settings)
+            if settings.store == "jetstream":
+                store = await _jetstream(settings, url, js, args.data_dir, stack)
+            else:
+                store = await _files(settings.data_dir, stack)
+        return await _run(store, public, checkpoints), len(checkpoints)
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: the with block returns)
+
+
+async def _files(data_dir: Path, stack: AsyncExitStack) -> FileStore:
+    if not (data_dir / "runs").is_dir():
+        raise UsageError(f"{data_dir} is not a files store's data dir (no runs/)")
+    store = FileStore(data_dir)
+    await asyncio.to_thread(store.log.open)
+    stack.callback(store.log.close)
+    return store
+
+
+async def _jetstream(
+    settings: Settings,
+    url: str,
+    js: JetStreamContext,
+    data_dir: Path | None,
+    stack: AsyncExitStack,
+) -> JetStreamStore:
+    """The jetstream store, its log copied afresh into ``data_dir`` (default: a temp dir)."""
+    if data_dir is None:
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rmos-audit-")))
+    store = JetStreamStore(
+        lambda: js,
+        connector(connect_options(settings, "audit-copy", url)),
+        settings.subjects,
+        data_dir,
+        timeout=settings.publish_timeout_s,
+    )
+    await asyncio.to_thread(store.log.open)
+    stack.callback(store.log.close)
+    return store
+
+
+async def _run(store: RunStore, public: Any, checkpoints: list[Checkpoint]) -> Audit:
+    result = Audit(public)
+    result.want_roots(c.tree_size for c in checkpoints)
+    size = await store.catch_up_log()
+    progress = Progress(size, "leaves")
+    for index, data in store.log.scan():
+        result.leaf(index, data)
+        if index % 4096 == 0:
+            progress(index)
+    progress(size)
+    progress.close()
+    result.checkpoints(checkpoints, await asyncio.to_thread(store.log.root, result.leaves))
+    runs = Progress(result.leaves, "runs")  # at most one run a leaf: a bound, not the count
+    async for run in store.stored_runs():
+        leaves = [leaf.record for leaf in store.log.leaves_of(run.run_id)]
+        result.run(run.run_id, run.artifact, run.history, leaves)
+        if result.runs % 1024 == 0:
+            runs(result.runs)
+    runs.close()
+    result.finish()
+    return result
+
+
+async def _close(nc: Client) -> None:
+    with suppress(nats.errors.Error, TimeoutError):
+        await nc.close()
+
+
+async def run(args: argparse.Namespace, settings: Settings, url: str | None) -> int:
+    """The command: audit, print the summary and each finding; exit 1 on any finding."""
+    result, checked = await audit(args, settings, url)
+    summary = {
+        "runs": result.runs,
+        "revisions": result.revisions,
+        "leaves": result.leaves,
+        "root": result.root().hex(),
+        "checkpoints": checked,
+        "findings": [f.as_dict() for f in result.findings],
+    }
+    if args.json:
+        emit(sys.stdout, json_line(summary))
+    else:
+        for finding in result.findings:
+            where = f" {finding.run_id}" if finding.run_id else ""
+            emit(sys.stdout, f"{finding.kind}{where}: {finding.detail}")
+        verdict = f"{len(result.findings)} findings" if result.findings else "no findings"
+        emit(
+            sys.stdout,
+            f"audit: {result.runs} runs, {result.revisions} revisions, {result.leaves} leaves, "
+            f"{checked} checkpoints: {verdict}",
+        )
+    return Exit.FAILED if result.findings else Exit.OK

@@ -1,0 +1,208 @@
+"""Checking runs against the Merkle log (CONTRACT section 9). Pure: no I/O, no clock.
+
+Two users: ``verify`` checks one run (``run_checks``: its artifact and history as served against
+its leaves), and ``rmos-runs audit`` the whole store (``Audit``): one pass over the log's leaves
+recomputes the tree and every checkpoint's root, then each stored run is held against its
+leaves, then the log's runs that are not in the store are named.
+
+The audit hashes stored bytes as they are first: the store writes canonical JSON, so an
+artifact or history entry whose bytes hash to the logged SHA-256 is the logged one (the hashes
+are of canonical JSON), and only what does not match is parsed to say what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from contracts import merkle
+from contracts.canonical import sha256_json
+from contracts.transparency import Checkpoint, LeafRecord, signature_valid
+from worker.core.verify import Check
+
+# -- one run (verify) ------------------------------------------------------------------------
+
+
+def run_checks(
+    artifact: dict[str, Any], entries: Sequence[dict[str, Any]], leaves: Sequence[dict[str, Any]]
+) -> list[Check]:
+    """``log.revisions``, ``log.artifact``, ``log.history``: the artifact and its history
+    entries (oldest first, the ``created`` one included) as the store serves them, against the
+    run's leaf records (by revision)."""
+    revision = artifact.get("revision")
+    logged = [leaf["revision"] for leaf in leaves]
+    held = list(range(1, revision + 1)) if isinstance(revision, int) else []
+    checks = [Check("log.revisions", logged == held and bool(held), logged, held)]
+    last = leaves[-1] if leaves else None
+    digest = sha256_json(artifact)
+    expected = last["artifact_sha256"] if last else "a leaf for the run"
+    checks.append(Check("log.artifact", last is not None and digest == expected, expected, digest))
+    by_revision = {leaf["revision"]: leaf["entry_sha256"] for leaf in leaves}
+    differ = [
+        e.get("revision") for e in entries if by_revision.get(e.get("revision")) != sha256_json(e)
+    ]
+    served = [e.get("revision") for e in entries]
+    missing = [r for r in by_revision if r not in served and r in held]
+    ok = not differ and not missing
+    actual = "as logged" if ok else f"differ at revisions {sorted(set(differ + missing), key=str)}"
+    checks.append(Check("log.history", ok, "every revision's entry as logged", actual))
+    return checks
+
+
+# -- the whole store (audit) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing the audit found wrong; ``run_id`` None for the log as a whole."""
+
+    kind: str
+    detail: str
+    run_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "run_id": self.run_id, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class Audit:
+    """An audit in three steps: ``leaf`` for each leaf in order, ``checkpoints`` once,
+    ``run`` for each stored run, then ``finish``. ``findings`` collects what is wrong."""
+
+    public_key: Ed25519PublicKey | None
+    findings: list[Finding] = field(default_factory=list)
+    leaves: int = 0
+    runs: int = 0
+    revisions: int = 0
+    _tree: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    _roots: dict[int, bytes] = field(default_factory=dict)  # checkpoint size -> root at it
+    _wanted: set[int] = field(default_factory=set)
+    _latest: dict[str, int] = field(default_factory=dict)  # run id -> last logged revision
+    _seen: set[str] = field(default_factory=set)
+
+    def want_roots(self, sizes: Iterable[int]) -> None:
+        """Record the tree's root at each of these sizes while leaves are fed (before them)."""
+        self._wanted.update(sizes)
+        if 0 in self._wanted:
+            self._roots[0] = merkle.EMPTY_ROOT
+
+    def leaf(self, index: int, data: bytes) -> None:
+        """The leaf at ``index`` (fed in order from 0), as the log's record bytes."""
+        if index != self.leaves:
+            self._found("log.gap", f"leaf {self.leaves} is missing (the next is {index})")
+            self.leaves = index  # go on: what follows is still checked
+        self._tree.append(merkle.leaf_hash(data))
+        self.leaves += 1
+        if self.leaves in self._wanted:
+            self._roots[self.leaves] = self._tree.root()
+        try:
+            record = LeafRecord.model_validate(json.loads(data))
+        except (ValueError, ValidationError):
+            self._found("log.leaf", f"leaf {index} is not a leaf record")
+            return
+        before = self._latest.get(record.run_id, 0)
+        if record.revision != before + 1:
+            detail = f"leaf {index} logs revision {record.revision} after revision {before}"
+            self._found("log.order", detail, record.run_id)
+        self._latest[record.run_id] = max(before, record.revision)
+
+    def root(self) -> bytes:
+        return self._tree.root()
+
+    def checkpoints(self, checkpoints: Sequence[Checkpoint], log_root: bytes) -> None:
+        """Hold each checkpoint against the recomputed tree; ``log_root`` is the head the log's
+        stored nodes give (what proofs are computed from)."""
+        if log_root != self._tree.root():
+            leaves = self._tree.root().hex()
+            detail = f"the stored subtree hashes give root {log_root.hex()}, the leaves {leaves}"
+            self._found("log.nodes", detail)
+        for checkpoint in checkpoints:
+            name = f"checkpoint {checkpoint.tree_size} ({checkpoint.issued_at})"
+            if self.public_key is not None and not signature_valid(checkpoint, self.public_key):
+                self._found("checkpoint.signature", f"{name}: not signed by the given key")
+            if checkpoint.tree_size > self.leaves:
+                detail = f"{name} covers {checkpoint.tree_size} leaves; the log has {self.leaves}"
+                self._found("log.truncated", detail)
+            elif self._roots.get(checkpoint.tree_size) != checkpoint.root:
+                detail = f"{name}: root {checkpoint.root_hash}, the log's leaves give another"
+                self._found("log.rewritten", detail)
+
+    def run(
+        self,
+        run_id: str,
+        artifact: bytes,
+        history: Sequence[bytes],
+        leaves: Sequence[dict[str, Any]],
+    ) -> None:
+        """One stored run: its artifact's bytes and its history entries' (revisions 2.., in the
+        store's order), against its leaf records by revision."""
+        self.runs += 1
+        self._seen.add(run_id)
+        if not leaves:
+            self._found("run.unlogged", "stored, but not in the log", run_id)
+            return
+        last = leaves[-1]
+        self.revisions += last["revision"]
+        if hashlib.sha256(artifact).hexdigest() != last["artifact_sha256"]:
+            self._artifact_differs(run_id, artifact, leaves)
+        self._history(run_id, history, leaves)
+
+    def _artifact_differs(self, run_id: str, data: bytes, leaves: Sequence[dict[str, Any]]) -> None:
+        try:
+            artifact = json.loads(data)
+            digest, revision = sha256_json(artifact), artifact.get("revision")
+        except (ValueError, TypeError, AttributeError):
+            self._found("run.unreadable", "the stored artifact is not a JSON object", run_id)
+            return
+        last = leaves[-1]["revision"]
+        if digest == leaves[-1]["artifact_sha256"]:
+            return  # the same artifact, stored in another (non-canonical) form
+        if not isinstance(revision, int) or revision == last:
+            detail = f"revision {last} differs from its leaf (rewritten)"
+        elif revision > last:
+            detail = f"at revision {revision}; the log has up to revision {last}"
+        else:
+            detail = f"at revision {revision}; the log has revision {last} (rolled back)"
+        self._found("run.rewritten", detail, run_id)
+
+    def _history(
+        self, run_id: str, history: Sequence[bytes], leaves: Sequence[dict[str, Any]]
+    ) -> None:
+        wanted = {leaf["entry_sha256"]: leaf["revision"] for leaf in leaves if leaf["revision"] > 1}
+        matched: dict[int, int] = {}  # revision -> position of its logged entry
+        stray: list[tuple[int, int]] = []  # (position, revision) of entries not logged
+        for position, line in enumerate(history):
+            revision = wanted.get(hashlib.sha256(line).hexdigest())
+            if revision is not None:
+                matched[revision] = position
+                continue
+            try:
+                entry = json.loads(line)
+                stray.append((position, int(entry["revision"])))
+            except (ValueError, TypeError, KeyError):
+                continue  # torn by a crash: readers skip it too
+        missing = sorted(set(wanted.values()) - matched.keys())
+        if missing:
+            self._found("history.missing", f"no logged entry for revisions {missing}", run_id)
+        order = [matched[r] for r in sorted(matched)]
+        if order != sorted(order):
+            self._found("history.reordered", "entries are out of revision order", run_id)
+        shadowed = sorted({r for p, r in stray if r in matched and p > matched[r]})
+        if shadowed:
+            detail = f"entries of revisions {shadowed} written after the logged ones (rewritten)"
+            self._found("history.rewritten", detail, run_id)
+
+    def finish(self) -> None:
+        """Name the logged runs that no longer exist."""
+        gone = sorted(set(self._latest) - self._seen)
+        for run_id in gone:
+            self._found("run.deleted", "in the log, but not in the store", run_id)
+
+    def _found(self, kind: str, detail: str, run_id: str | None = None) -> None:
+        self.findings.append(Finding(kind, detail, run_id))

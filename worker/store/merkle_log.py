@@ -1,0 +1,253 @@
+"""The Merkle log's leaves and subtree hashes in one SQLite file (``log.sqlite``).
+
+With the files store this file *is* the log: leaves are appended in the same group commit as the
+runs they name, after their links (a crash in between is repaired from the commit's intent, as
+the index is). With the JetStream store it is this host's copy of the log stream, applied in
+stream order with the stream sequence it reached. Either way proofs, roots and leaf look-ups are
+answered from here: ``leaves`` holds each record (``idx`` = its position in the tree), ``nodes``
+every perfect subtree's hash (``contracts.merkle``), so a root or a proof reads O(log² n) rows.
+
+Several processes may share the file: an append is one ``BEGIN IMMEDIATE`` transaction that
+reads the tree's size and frontier inside it, so two writers never fork the tree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contracts import merkle
+from contracts.canonical import canonical
+from contracts.transparency import leaf_hash
+from worker.store.index import to_wal
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, run_id TEXT NOT NULL, "
+    "revision INTEGER NOT NULL, record BLOB NOT NULL)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS leaves_run ON leaves (run_id, revision)",
+    "CREATE TABLE IF NOT EXISTS nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, "
+    "hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One leaf: its position in the tree and its record."""
+
+    index: int
+    record: dict[str, Any]
+
+    @property
+    def hash(self) -> bytes:
+        return leaf_hash(self.record)
+
+
+class LogOutOfOrderError(Exception):
+    """A leaf applied at a position other than the tree's next one (a copy that lost its place)."""
+
+
+class MerkleLog:
+    """One ``log.sqlite``; safe to share between threads of a process and between processes."""
+
+    def __init__(self, path: Path, *, flushed_by_caller: bool = False) -> None:
+        self.path = path
+        self._synchronous = "NORMAL" if flushed_by_caller else "FULL"
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self._db = self._connect()
+        to_wal(self._db)
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        with self._transaction() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+        self._reader = self._connect()
+        self._reader.execute("PRAGMA query_only=ON")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def close(self) -> None:
+        for db in (self._reader, self._db):
+            if db is not None:
+                db.close()
+        self._db = self._reader = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        assert self._db is not None, "open() the log first"
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        assert self._reader is not None, "open() the log first"
+        with self._read_lock:
+            yield self._reader
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def append(self, records: Sequence[dict[str, Any]]) -> list[int]:
+        """Append each record whose (run id, revision) has no leaf yet, in one transaction;
+        returns every record's position (the existing leaf's for those already logged)."""
+        with self._transaction() as db:
+            positions: list[int | None] = [
+                _position(db, r["run_id"], r["revision"]) for r in records
+            ]
+            size = _size(db)
+            fresh = [r for r, at in zip(records, positions, strict=True) if at is None]
+            keys = {(r["run_id"], r["revision"]) for r in fresh}
+            if len(keys) != len(fresh):
+                raise ValueError("two records for one revision in one append")
+            _insert(db, size, fresh)
+        it = iter(range(size, size + len(fresh)))
+        return [at if at is not None else next(it) for at in positions]
+
+    def apply(self, first: int, records: Sequence[dict[str, Any]], state: dict[str, str]) -> None:
+        """Append ``records`` at positions ``first``.. and record ``state`` in one transaction
+        (a copy of a log kept elsewhere: every leaf goes exactly where the original has it)."""
+        with self._transaction() as db:
+            size = _size(db)
+            if size != first:
+                raise LogOutOfOrderError(f"leaf {first} applied to a log of {size}")
+            _insert(db, size, records)
+            db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items())
+
+    def clear(self, state: dict[str, str]) -> None:
+        """Empty the copy and replace its state (a log stream that was recreated)."""
+        with self._transaction() as db:
+            for table in ("leaves", "nodes", "state"):
+                db.execute(f"DELETE FROM {table}")
+            db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items())
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def has(self, run_id: str, revision: int) -> bool:
+        with self._reading() as db:
+            return _position(db, run_id, revision) is not None
+
+    def state(self) -> dict[str, str]:
+        with self._reading() as db:
+            return dict(db.execute("SELECT key, value FROM state").fetchall())
+
+    def size(self) -> int:
+        with self._reading() as db:
+            return _size(db)
+
+    def head(self) -> tuple[int, bytes]:
+        """(size, root) read together."""
+        with self._reading() as db:
+            db.execute("BEGIN")
+            try:
+                size = _size(db)
+                return size, merkle.root(size, _node_reader(db))
+            finally:
+                db.execute("COMMIT")
+
+    def root(self, size: int) -> bytes:
+        self._check(size)
+        with self._reading() as db:
+            return merkle.root(size, _node_reader(db))
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        self._check(size)
+        with self._reading() as db:
+            return merkle.inclusion_proof(index, size, _node_reader(db))
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        self._check(new)
+        with self._reading() as db:
+            return merkle.consistency_proof(old, new, _node_reader(db))
+
+    def _check(self, size: int) -> None:
+        if size > self.size():
+            raise ValueError(f"the log has fewer than {size} leaves")
+
+    def leaves_of(self, run_id: str) -> list[Leaf]:
+        """Every leaf of a run, by revision."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT idx, record FROM leaves WHERE run_id = ? ORDER BY revision", (run_id,)
+            ).fetchall()
+        return [Leaf(idx, json.loads(record)) for idx, record in rows]
+
+    def leaves(self, start: int, end: int) -> list[Leaf]:
+        """The leaves at positions ``start`` to ``end`` (exclusive)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT idx, record FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            ).fetchall()
+        return [Leaf(idx, json.loads(record)) for idx, record in rows]
+
+    def scan(self, chunk: int = 4096) -> Iterator[tuple[int, bytes]]:
+        """Every (position, record bytes) in order, read in chunks (an audit's full pass)."""
+        start = 0
+        while True:
+            with self._reading() as db:
+                rows = db.execute(
+                    "SELECT idx, record FROM leaves WHERE idx >= ? ORDER BY idx LIMIT ?",
+                    (start, chunk),
+                ).fetchall()
+            yield from rows
+            if len(rows) < chunk:
+                return
+            start = rows[-1][0] + 1
+
+
+def _size(db: sqlite3.Connection) -> int:
+    (top,) = db.execute("SELECT max(idx) FROM leaves").fetchone()
+    return 0 if top is None else int(top) + 1
+
+
+def _position(db: sqlite3.Connection, run_id: str, revision: int) -> int | None:
+    row = db.execute(
+        "SELECT idx FROM leaves WHERE run_id = ? AND revision = ?", (run_id, revision)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _node_reader(db: sqlite3.Connection) -> merkle.NodeAt:
+    def node(level: int, index: int) -> bytes:
+        row = db.execute(
+            "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"the log lacks node ({level}, {index})")
+        return bytes(row[0])
+
+    return node
+
+
+def _insert(db: sqlite3.Connection, size: int, records: Sequence[dict[str, Any]]) -> None:
+    encoded = [canonical(r) for r in records]
+    nodes = merkle.appended(size, [merkle.leaf_hash(e) for e in encoded], _node_reader(db))
+    db.executemany(
+        "INSERT INTO leaves (idx, run_id, revision, record) VALUES (?, ?, ?, ?)",
+        [
+            (size + i, r["run_id"], r["revision"], e)
+            for i, (r, e) in enumerate(zip(records, encoded, strict=True))
+        ],
+    )
+    db.executemany(
+        "INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
+        [(level, index, h) for (level, index), h in nodes.items()],
+    )
