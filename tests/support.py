@@ -291,3 +291,12 @@ async def run_cli(*args: str, env: Mapping[str, str], timeout: float) -> tuple[i
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace")
+
+
+async def assert_audited(url: str, data: Path, runs: int) -> None:
+    """``rmos-runs audit`` finds the store and the Merkle log consistent: one leaf a run."""
+    code, out = await run_cli(
+        "audit", "--nats-url", url, "--data-dir", str(data), env={}, timeout=120
+    )
+    assert code == 0, out
+    assert f"audit: {runs} runs, {runs} revisions, {runs} leaves" in out, out

@@ -32,11 +32,13 @@ from worker.core.log_checks import Audit
 from worker.output import Exit, Progress, UsageError, emit, json_line
 from worker.settings import Settings
 from worker.signing import SigningKeyError, load_public, public_path
-from worker.store.base import RunStore
+from worker.store.base import RunStore, StoredRun
 from worker.store.files import FileStore
 from worker.store.jetstream import JetStreamStore
+from worker.store.merkle_log import MerkleLog
 
 FETCH = 1000
+AUDIT_BATCH = 512  # stored runs held against their leaves a query at a time
 
 
 def saved_checkpoints(paths: list[Path]) -> list[Checkpoint]:
@@ -188,14 +190,23 @@ async def _run(store: RunStore, public: Any, checkpoints: list[Checkpoint]) -> A
     progress.close()
     result.checkpoints(checkpoints, await asyncio.to_thread(store.log.root, result.leaves))
     runs = Progress(result.leaves, "runs")  # at most one run a leaf: a bound, not the count
+    batch: list[StoredRun] = []
     async for run in store.stored_runs():
-        leaves = [leaf.record for leaf in store.log.leaves_of(run.run_id)]
-        result.run(run.run_id, run.artifact, run.history, leaves)
-        if result.runs % 1024 == 0:
+        batch.append(run)
+        if len(batch) == AUDIT_BATCH:
+            _audit_runs(result, store.log, batch)
             runs(result.runs)
+    _audit_runs(result, store.log, batch)
     runs.close()
     result.finish()
     return result
+
+
+def _audit_runs(result: Audit, merkle_log: MerkleLog, batch: list[StoredRun]) -> None:
+    logged = merkle_log.logged_of([run.run_id for run in batch])
+    for run in batch:
+        result.run(run.run_id, run.artifact, run.history, logged[run.run_id])
+    batch.clear()
 
 
 async def _close(nc: Client) -> None:

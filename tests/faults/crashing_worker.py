@@ -37,10 +37,15 @@ def _die() -> None:
 
 
 def install(step: str) -> None:
+    _install_commit(step)
+    _install_delivery(step)
+
+
+def _install_commit(step: str) -> None:
+    """The steps of the group commit: flushes, links of run files, the Merkle log."""
     flushes = 0
     links = 0
-    real_flush, real_link, real_ack = Flusher.flush, os.link, Msg.ack
-    real_request, real_append = Explanations.publish_request, MerkleLog.append
+    real_flush, real_link, real_append = Flusher.flush, os.link, MerkleLog.append
 
     def flush(self: Flusher, *args: Any, **kwargs: Any) -> None:
         nonlocal flushes
@@ -51,33 +56,38 @@ def install(step: str) -> None:
 
     def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         nonlocal links
-        if f"{os.sep}runs{os.sep}" not in os.fspath(dst):  # a blob, the signing key
-            return real_link(src, dst, *args, **kwargs)
-        links += 1
-        if step == "after_flush" or (step == "mid_link" and links > LINKS_BEFORE_CRASH):
-            _die()
+        if f"{os.sep}runs{os.sep}" in os.fspath(dst):  # a run file (not a blob, not the key)
+            links += 1
+            if step == "after_flush" or (step == "mid_link" and links > LINKS_BEFORE_CRASH):
+                _die()
         real_link(src, dst, *args, **kwargs)
-
-    async def ack(self: Msg) -> None:
-        if step == "before_ack":
-            _die()
-        await real_ack(self)
 
     def append(self: MerkleLog, records: Any) -> list[int]:
         if step == "before_leaves" and records:
             _die()
         return real_append(self, records)
 
+    Flusher.flush = flush  # type: ignore[method-assign]
+    os.link = link
+    MerkleLog.append = append  # type: ignore[method-assign]
+
+
+def _install_delivery(step: str) -> None:
+    """The steps after the commit: the ack, the explanation request."""
+    real_ack, real_request = Msg.ack, Explanations.publish_request
+
+    async def ack(self: Msg) -> None:
+        if step == "before_ack":
+            _die()
+        await real_ack(self)
+
     async def publish_request(self: Explanations, run: dict[str, Any]) -> None:
         if step == "before_request":
             _die()
         await real_request(self, run)
 
-    Flusher.flush = flush  # type: ignore[method-assign]
-    os.link = link
     Msg.ack = ack  # type: ignore[method-assign]
     Explanations.publish_request = publish_request  # type: ignore[method-assign]
-    MerkleLog.append = append  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

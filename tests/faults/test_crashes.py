@@ -13,11 +13,11 @@ from contracts.canonical import derive_run_id, sha256_json
 from tests.faults.crashing_worker import CRASHED, LINKS_BEFORE_CRASH
 from tests.support import (
     WorkerProcess,
+    assert_audited,
     dead_letters,
     event,
     eventually,
     indexed_runs,
-    run_cli,
     run_files,
     temp_files,
     wait_settled,
@@ -81,15 +81,6 @@ async def finish(
     assert await dead_letters(client.js) == []
     assert await proc.terminate() == 0
     await assert_audited(nats_server.url, data, runs=len(expected))
-
-
-async def assert_audited(url: str, data: Path, runs: int) -> None:
-    """``rmos-runs audit`` finds the store and the Merkle log consistent: one leaf a run."""
-    code, out = await run_cli(
-        "audit", "--nats-url", url, "--data-dir", str(data), env={}, timeout=120
-    )
-    assert code == 0, out
-    assert f"audit: {runs} runs, {runs} revisions, {runs} leaves" in out, out
 
 
 class TestBatchCommitCrash:

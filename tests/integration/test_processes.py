@@ -11,6 +11,7 @@ from pathlib import Path
 from contracts.canonical import derive_run_id
 from tests.support import (
     WorkerProcess,
+    assert_audited,
     dead_letters,
     event,
     eventually,
@@ -71,6 +72,7 @@ class TestProcessGroup:
         assert sum(s for s, _ in stopped) == 2000
         assert all(s > 0 for s, _ in stopped), f"one process took every batch: {stopped}"
         assert [p for p in (data / "tmp").iterdir() if p.is_dir()] == []  # each removed its own
+        await assert_audited(nats_server.url, data, runs=2000)  # both appended to one log
 
     async def test_a_sibling_that_dies_stops_the_group(
         self, nats_server: NatsServer, client: RunsClient, tmp_path: Path

@@ -102,8 +102,8 @@ class Audit:
         if self.leaves in self._wanted:
             self._roots[self.leaves] = self._tree.root()
         try:
-            record = LeafRecord.model_validate(json.loads(data))
-        except (ValueError, ValidationError):
+            record = LeafRecord.model_validate_json(data)
+        except ValidationError:
             self._found("log.leaf", f"leaf {index} is not a leaf record")
             return
         before = self._latest.get(record.run_id, 0)

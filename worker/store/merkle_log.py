@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import merkle
-from contracts.canonical import canonical
-from contracts.transparency import leaf_hash
+from contracts.transparency import leaf_hash, record_bytes
 from worker.store.index import to_wal
 
 _SCHEMA = [
@@ -109,9 +108,8 @@ class MerkleLog:
         """Append each record whose (run id, revision) has no leaf yet, in one transaction;
         returns every record's position (the existing leaf's for those already logged)."""
         with self._transaction() as db:
-            positions: list[int | None] = [
-                _position(db, r["run_id"], r["revision"]) for r in records
-            ]
+            logged = _positions(db, {r["run_id"] for r in records})
+            positions = [logged.get((r["run_id"], r["revision"])) for r in records]
             size = _size(db)
             fresh = [r for r, at in zip(records, positions, strict=True) if at is None]
             keys = {(r["run_id"], r["revision"]) for r in fresh}
@@ -189,6 +187,30 @@ class MerkleLog:
             ).fetchall()
         return [Leaf(idx, json.loads(record)) for idx, record in rows]
 
+    def logged_of(self, run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """For an audit: each run's leaves by revision, only ``revision``, ``artifact_sha256``
+        and ``entry_sha256`` (read by SQLite from the records: no JSON parsed here)."""
+        found: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
+        ids = list(run_ids)
+        with self._reading() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = db.execute(
+                    "SELECT run_id, revision, json_extract(record, '$.artifact_sha256'), "
+                    "json_extract(record, '$.entry_sha256') FROM leaves WHERE run_id IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY run_id, revision",
+                    chunk,
+                )
+                for run_id, revision, artifact_sha256, entry_sha256 in rows:
+                    found[run_id].append(
+                        {
+                            "revision": revision,
+                            "artifact_sha256": artifact_sha256,
+                            "entry_sha256": entry_sha256,
+                        }
+                    )
+        return found
+
     def leaves(self, start: int, end: int) -> list[Leaf]:
         """The leaves at positions ``start`` to ``end`` (exclusive)."""
         with self._reading() as db:
@@ -225,6 +247,21 @@ def _position(db: sqlite3.Connection, run_id: str, revision: int) -> int | None:
     return None if row is None else int(row[0])
 
 
+def _positions(db: sqlite3.Connection, run_ids: set[str]) -> dict[tuple[str, int], int]:
+    """(run id, revision) -> position of every leaf of these runs, a few queries a batch."""
+    found: dict[tuple[str, int], int] = {}
+    ids = sorted(run_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = db.execute(
+            "SELECT run_id, revision, idx FROM leaves WHERE run_id IN "
+            f"({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        found.update({(run_id, revision): idx for run_id, revision, idx in rows})
+    return found
+
+
 def _node_reader(db: sqlite3.Connection) -> merkle.NodeAt:
     def node(level: int, index: int) -> bytes:
         row = db.execute(
@@ -238,7 +275,7 @@ def _node_reader(db: sqlite3.Connection) -> merkle.NodeAt:
 
 
 def _insert(db: sqlite3.Connection, size: int, records: Sequence[dict[str, Any]]) -> None:
-    encoded = [canonical(r) for r in records]
+    encoded = [record_bytes(r) for r in records]
     nodes = merkle.appended(size, [merkle.leaf_hash(e) for e in encoded], _node_reader(db))
     db.executemany(
         "INSERT INTO leaves (idx, run_id, revision, record) VALUES (?, ?, ?, ?)",

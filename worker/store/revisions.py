@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from contracts.canonical import canonical
 from contracts.transparency import leaf_record
 from worker.core.ingest import content_sha256
 from worker.core.timefmt import utc_text
@@ -56,8 +57,9 @@ Decide = Callable[[dict[str, Any]], Change | None]
 
 
 def encode(document: dict[str, Any]) -> bytes:
-    """The bytes a document is stored as: compact JSON, sorted keys, UTF-8."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes a document is stored as: its canonical JSON (CONTRACT section 1), so that the
+    SHA-256 of the stored bytes is the document's ``sha256`` (the Merkle log's leaves)."""
+    return canonical(document)
 
 
 class Revisions:
@@ -111,14 +113,15 @@ class Revisions:
 
     def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
         history = self.history_path(path.stem)
-        _append_line(history, encode(entry))
+        line, data = encode(entry), encode(new)
+        _append_line(history, line)
         with self._workspace.scratch() as scratch:
             intent = scratch.intent([path.stem])
-            temp = scratch.temp(path.stem, encode(new))
+            temp = scratch.temp(path.stem, data)
             self._workspace.flush(files=[history, intent, temp])
             os.replace(temp, path)
             self._index.upsert([new])
-            self._log.append([leaf_record(new, entry)])
+            self._log.append([leaf_record(new, entry, artifact_bytes=data, entry_bytes=line)])
             self._workspace.flush(dirs=[path.parent])
 
     def log_current(self, artifacts: Iterable[dict[str, Any]]) -> None:
