@@ -26,23 +26,20 @@ import asyncio
 import random
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from contracts import merkle  # noqa: E402
-from contracts.transparency import leaf_hash, leaf_record  # noqa: E402
-from worker.audit import _run as audit_pass  # noqa: E402
-from worker.core.ingest import content_sha256  # noqa: E402
-from worker.core.log_checks import Audit, run_checks  # noqa: E402
-from worker.store.base import NewRun  # noqa: E402
-from worker.store.files import FileStore  # noqa: E402
-from worker.store.merkle_log import MerkleLog  # noqa: E402
-from worker.store.revisions import Change, created_entry  # noqa: E402
+from contracts import merkle
+from contracts.transparency import leaf_hash, leaf_record
+from worker.audit import _run as audit_pass
+from worker.core.ingest import content_sha256
+from worker.core.log_checks import Audit, run_checks
+from worker.store.base import NewRun
+from worker.store.files import FileStore
+from worker.store.merkle_log import MerkleLog
+from worker.store.revisions import Change, created_entry
 
 ROOT = Path(__file__).resolve().parent.parent / ".bench-tmp" / "log"
 BATCH = 256
@@ -91,7 +88,7 @@ async def ingest_once(data_dir: Path, events: int, logged: bool) -> float:
     await store.open()
     real = MerkleLog.append
     if not logged:
-        MerkleLog.append = lambda self, records: []  # type: ignore[assignment,method-assign]
+        MerkleLog.append = lambda self, records: []  # type: ignore[method-assign]
     try:
         runs = [artifact(n) for n in range(events)]
         started = time.perf_counter()
@@ -211,7 +208,11 @@ async def phase_audit(runs: int) -> None:
     for n in range(0, runs, 3):
         for value in ("a", "b"):
             change = Change({"meta": {"k": value}}, "meta", "bench")
-            await store.update_run(f"run_{n:032x}", lambda _, c=change: c)
+
+            def decide(_: dict[str, Any], wanted: Change = change) -> Change:
+                return wanted
+
+            await store.update_run(f"run_{n:032x}", decide)
     store.close()
     audited = FileStore(data_dir)
     audited.log.open()

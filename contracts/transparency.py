@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts import merkle
-from contracts.canonical import canonical
+from contracts.canonical import MAX_SAFE_INTEGER, canonical
 from contracts.models import RunId, Sha256
 
 LEAF_SCHEMA = "rmos.log_leaf.v1"
+ADOPTED = "adopted"  # the change of a run's first leaf when the run is older than the log
 CHECKPOINT_SCHEMA = "rmos.log_checkpoint.v1"
 
 
@@ -34,11 +35,13 @@ def leaf_record(
     *,
     artifact_bytes: bytes | None = None,
     entry_bytes: bytes | None = None,
+    adopted: bool = False,
 ) -> dict[str, Any]:
     """The leaf of one revision: ``artifact`` as ``get`` returns it at that revision, ``entry``
     its ``history`` entry (for revision 1, the ``created`` entry). A caller that holds their
     canonical bytes already (the store writes exactly those) passes them: hashed, not encoded
-    again."""
+    again. ``adopted``: the first leaf of a run stored before the log existed (its earlier
+    revisions are not in the log; ``change`` is then ``"adopted"``)."""
     if artifact_bytes is None:
         artifact_bytes = canonical(artifact)
     if entry_bytes is None:
@@ -47,7 +50,7 @@ def leaf_record(
         "schema": LEAF_SCHEMA,
         "run_id": artifact["run_id"],
         "revision": artifact["revision"],
-        "change": entry["change"],
+        "change": ADOPTED if adopted else entry["change"],
         "at": entry["at"],
         "content_sha256": artifact["content_sha256"],
         "artifact_sha256": hashlib.sha256(artifact_bytes).hexdigest(),
@@ -56,14 +59,18 @@ def leaf_record(
 
 
 def record_bytes(record: dict[str, Any]) -> bytes:
-    """``canonical(record)`` of a leaf record: a record of ASCII strings and integers is
-    canonical as sorted compact JSON, which is four times cheaper than the general rule."""
-    data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    return data if data.isascii() and _plain(record) else canonical(record)
+    """``canonical(record)`` of a leaf record: one of ASCII strings and safe integers (as every
+    record the worker makes) is canonical as sorted compact JSON, four times cheaper than the
+    general rule, which every other record gets."""
+    if all(_plain(v) for v in record.values()):
+        return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    return canonical(record)
 
 
-def _plain(record: dict[str, Any]) -> bool:
-    return all(isinstance(v, str) or type(v) is int for v in record.values())
+def _plain(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.isascii()
+    return type(value) is int and abs(value) <= MAX_SAFE_INTEGER
 
 
 def leaf_hash(record: dict[str, Any]) -> bytes:

@@ -169,8 +169,30 @@ class Worker:
 
         jetstream_store = isinstance(self.store, JetStreamStore)
         await ensure_replicated(declare, self.settings.store_replicas, 3 if jetstream_store else 1)
+        await self._adopt_unlogged()
         await ensure_consumer(js, subjects.events_stream, events_consumer_config(self.settings))
         await ensure_consumer(js, subjects.explain_stream, patches_consumer_config(self.settings))
+
+    async def _adopt_unlogged(self) -> None:
+        """A store older than its Merkle log (an upgrade) has its runs logged as they stand;
+        a log that is empty while checkpoints exist was lost: said, never silently rebuilt."""
+        if await asyncio.to_thread(self.store.log.size) > 0:
+            return
+        if await self.checkpoints.latest() is not None:
+            async for _ in self.store.stored_runs():  # runs, but no log: said once
+                log.error(
+                    "the Merkle log is empty but signed checkpoints of it exist: it was lost or "
+                    "removed; restore it (`rmos-runs audit` names the runs it misses)"
+                )
+                break
+            return
+        adopted = await self.store.adopt_unlogged()
+        if adopted:
+            log.warning(
+                "the Merkle log is new: %d runs stored before it are logged as they stand now "
+                "(earlier revisions of each predate the log)",
+                adopted,
+            )
 
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream

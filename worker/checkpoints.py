@@ -32,7 +32,7 @@ from worker.signing import load_or_create
 from worker.store.merkle_log import MerkleLog
 
 log = logging.getLogger(__name__)
-EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_SEQ = "Nats-Expected-Last-Subject-Sequence"  # the one subject: survives a purge
 WRONG_LAST_SEQUENCE = {10071, 10164}
 NO_MESSAGE = 10037
 ATTEMPTS = 16
@@ -152,7 +152,7 @@ class Checkpoints:
             self._next_at = _now() + self.interval_s
             log.debug("checkpoint %d: %s", size, checkpoint.root_hash)
             return checkpoint
-        raise TransientError("checkpoints kept moving; try again")
+        raise TransientError("checkpoints kept moving")
 
     async def _check_extends(self, newest: Checkpoint) -> None:
         root = await asyncio.to_thread(self._log.root, newest.tree_size)

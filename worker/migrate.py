@@ -109,7 +109,7 @@ async def _copy_run(source: FileStore, target: JetStreamStore, run_id: str, repo
     if artifact is None or history is None:
         report.problems.append(f"run {run_id}: vanished from the data dir while migrating")
         return
-    outcome = await target.adopt(artifact, history)
+    outcome = await target.adopt(artifact, history, [x.record for x in await source.logged(run_id)])
     report.runs[outcome] += 1
     if outcome == "conflict":
         report.problems.append(f"run {run_id}: the jetstream store holds another run of this id")

@@ -90,6 +90,8 @@ class StoreNames:
     blobs_bucket: str
     history_stream: str
     history_subject: str  # one message per revision on ``<this>.<run_id>``
+    log_stream: str
+    log_subject: str  # the Merkle log: one leaf a message on ``<this>.<run_id>``
 
     @classmethod
     def of(cls, subjects: Subjects) -> StoreNames:
@@ -100,6 +102,8 @@ class StoreNames:
             blobs_bucket=f"{prefix}_BLOBS",
             history_stream=f"{prefix}_RUN_HISTORY",
             history_subject=f"{subjects.root}.store.history",
+            log_stream=f"{prefix}_LOG",
+            log_subject=f"{subjects.root}.store.log",
         )
 
 
@@ -137,9 +141,34 @@ def role_permissions(role: Role, subjects: Subjects, source: str | None = None) 
             f"{JS_API}.STREAM.MSG.GET.{dlq}",  # dlq list and replay: the letters
             f"{subjects.events}.*",  # dlq replay: to the original subject (worker/dlq.py)
             f"{subjects.explain}.patch.*",
+            *_audit_publish(subjects),
         ]
         subscribe = []
     return Permissions(tuple(dict.fromkeys(publish)), tuple(dict.fromkeys([*subscribe, INBOX])))
+
+
+def _reading(stream: str, subject: str) -> list[str]:
+    """An ephemeral pull consumer on ``stream`` filtered to ``subject``: made, read, deleted."""
+    return [
+        f"{JS_API}.CONSUMER.CREATE.{stream}.*.{subject}",
+        f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"{JS_API}.CONSUMER.DELETE.{stream}.*",
+    ]
+
+
+def _audit_publish(subjects: Subjects) -> list[str]:
+    """``rmos-runs audit``: every checkpoint; with the jetstream store, the log copied, every
+    run scanned, and their history read."""
+    store = StoreNames.of(subjects)
+    runs = f"KV_{store.runs_bucket}"
+    return [
+        f"{JS_API}.STREAM.INFO.{subjects.checkpoints_stream}",
+        *_reading(subjects.checkpoints_stream, subjects.checkpoints),
+        f"{JS_API}.STREAM.INFO.{store.log_stream}",
+        *_reading(store.log_stream, f"{store.log_subject}.*"),
+        *_reading(runs, f"$KV.{store.runs_bucket}.>"),
+        f"{JS_API}.STREAM.MSG.GET.{store.history_stream}",
+    ]
 
 
 def _explainer_publish(subjects: Subjects) -> list[str]:
@@ -169,7 +198,7 @@ def _worker_publish(subjects: Subjects) -> list[str]:
     store = StoreNames.of(subjects)
     runs, meta = f"KV_{store.runs_bucket}", f"KV_{store.blob_meta_bucket}"
     blobs = f"OBJ_{store.blobs_bucket}"
-    store_streams = [runs, meta, store.history_stream, blobs]
+    store_streams = [runs, meta, store.history_stream, blobs, store.log_stream]
     publish: list[str] = []
     for stream in own:  # declared at start-up; one left with other settings is updated
         publish += [f"{JS_API}.STREAM.{op}.{stream}" for op in ("CREATE", "UPDATE")]
@@ -195,14 +224,14 @@ def _worker_publish(subjects: Subjects) -> list[str]:
         f"$KV.{store.runs_bucket}.*",
         f"$KV.{store.blob_meta_bucket}.*",
         f"{store.history_subject}.*",
+        f"{store.log_subject}.*",  # leaves of the Merkle log
         f"$O.{store.blobs_bucket}.C.*",
         f"$O.{store.blobs_bucket}.M.*",
         *(f"{JS_API}.STREAM.MSG.GET.{stream}" for stream in store_streams),
         f"{JS_API}.STREAM.PURGE.{blobs}",  # bytes put again over a partial earlier put
-        # the list projection's ephemeral pull consumer on the runs bucket
-        f"{JS_API}.CONSUMER.CREATE.{runs}.*.$KV.{store.runs_bucket}.>",
-        f"{JS_API}.CONSUMER.MSG.NEXT.{runs}.*",
-        f"{JS_API}.CONSUMER.DELETE.{runs}.*",
+        # the list projection's and the log copy's ephemeral pull consumers
+        *_reading(runs, f"$KV.{store.runs_bucket}.>"),
+        *_reading(store.log_stream, f"{store.log_subject}.*"),
         # reading a blob: nats-py's ordered push consumer on the object store
         f"{JS_API}.STREAM.NAMES",
         f"{JS_API}.CONSUMER.CREATE.{blobs}",

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -110,9 +111,10 @@ def _create(path: Path) -> None:
 
 def _write_new(path: Path, data: bytes, mode: int) -> bool:
     """Write ``path`` whole unless it exists; True when this call made it."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(name)
     try:
+        os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -26,7 +26,7 @@ CLUSTER = pytest.mark.parametrize("store", ["jetstream"], indirect=True)  # a 3-
 JETSTREAM = {"RMOS_STORE": "jetstream"}
 STREAMS = [
     "RMOS_RUN_EVENTS", "RMOS_EXPLAIN", "RMOS_DLQ", "KV_RMOS_RUNS", "KV_RMOS_BLOB_META",
-    "OBJ_RMOS_BLOBS", "RMOS_RUN_HISTORY",
+    "OBJ_RMOS_BLOBS", "RMOS_RUN_HISTORY", "RMOS_LOG",
 ]  # fmt: skip
 
 
@@ -206,7 +206,8 @@ class TestProjection:
     async def test_tampered_value_fails_verify(
         self, nats_server: NatsCluster, client: RunsClient, worker: WorkerProcess
     ) -> None:
-        """``verify`` reads the bytes the bucket holds now, not what the worker wrote."""
+        """``verify`` reads the bytes the bucket holds now, not what the worker wrote (nor what
+        the log says was written)."""
         [run_id] = await publish_all(client, 1)
         run = await stored(client, run_id)
         assert (await client.verify(run_id)).valid
@@ -214,7 +215,7 @@ class TestProjection:
         await client.js.publish(f"$KV.RMOS_RUNS.{run_id}", encode(forged))
         report = await client.verify(run_id)
         assert not report.valid
-        assert [c.name for c in report.checks if not c.ok] == ["content_sha256"]
+        assert [c.name for c in report.checks if not c.ok] == ["content_sha256", "log.artifact"]
 
 
 @CLUSTER

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from contracts.api import VerifyReport
 from contracts.canonical import derive_run_id
 from tests.support import (
     ROOT,
@@ -56,9 +57,18 @@ async def answers(client: RunsClient, run_ids: list[str]) -> dict[str, Any]:
     return {
         "get": [await client.get(r) for r in run_ids],
         "history": [(await client.history(r)).model_dump() for r in run_ids],
-        "verify": [(await client.verify(r)).model_dump() for r in run_ids],
+        "verify": [same_wherever(await client.verify(r)) for r in run_ids],
         "list": await eventually(listed),
     }
+
+
+def same_wherever(report: VerifyReport) -> dict[str, Any]:
+    """A verify reply without what depends on the log it is in (a migrated run's leaves are
+    the same records in another tree: position, proof and checkpoint differ)."""
+    reply = report.model_dump()
+    if reply["log"] is not None:
+        reply["log"] = {k: reply["log"][k] for k in ("leaf", "leaf_hash")}
+    return reply
 
 
 class TestMigrate:

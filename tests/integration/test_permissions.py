@@ -537,6 +537,24 @@ class TestRolesAtWork:
         assert diff[0]["severity"] == "CRITICAL"
         assert deployment.errors["operator"] == []
 
+    async def test_operator_audits(self, deployment: Deployment) -> None:
+        """``checkpoint`` and ``audit`` with the operator's user: the latest checkpoint, then
+        the whole store against the log (the files store's data dir is read as a file, the
+        jetstream store's log copied into a temp dir)."""
+        body = deployment.event("audit")
+        await deployment.engine.publish_event(body)
+        await stored(deployment.operator, deployment.run_id(body))
+        public = str(deployment.worker.data_dir / "signing.key.pub")
+        [checkpoint] = await deployment.cli_json("checkpoint", "--public-key", public)
+        assert checkpoint["schema"] == "rmos.log_checkpoint.v1"
+        where = (
+            ["--data-dir", str(deployment.worker.data_dir)] if deployment.store == "files" else []
+        )
+        [summary] = await deployment.cli_json("audit", *where, "--public-key", public)
+        assert summary["findings"] == [], summary
+        assert summary["runs"] >= 1
+        assert summary["checkpoints"] >= 1
+
 
 class TestRefused:
     """What a role does not allow, the server refuses; nothing of it reaches the worker."""

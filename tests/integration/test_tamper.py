@@ -353,3 +353,57 @@ class TestLogApi:
         with pytest.raises(RunsApiError) as info:
             await client.request("log.leaves", {"start": 0, "end": 5000})
         assert info.value.code == "INVALID_REQUEST"
+
+
+class TestUpgrade:
+    """A data dir written before the log existed, and a log removed behind the worker's back."""
+
+    async def test_older_store_adopted(
+        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
+    ) -> None:
+        """Runs stored before the log are logged as they stand at the first start; verify and
+        the audit accept them; new runs are logged from their creation."""
+        data = tmp_path / "data"
+        first = WorkerProcess(nats_server.url, data, env=QUICK_CHECKPOINTS)
+        await first.start(client)
+        old = await blocked_run(client)
+        revised = await revised_run(client)
+        assert await first.terminate() == 0
+        for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
+            (data / name).unlink(missing_ok=True)  # as a data dir of the version before
+        await client.js.purge_stream(client.subjects.checkpoints_stream)  # and no checkpoints
+        second = WorkerProcess(nats_server.url, data, env=QUICK_CHECKPOINTS)
+        await second.start(client)
+        assert "2 runs stored before it are logged as they stand now" in second.log()
+        for run in (old, revised):
+            assert (await client.verify(run["run_id"])).valid
+        new = await publish(client, "new")
+        await covering(client, 3)
+        code, summary = await audit(second)
+        assert code == 0, summary
+        assert (summary["runs"], summary["leaves"]) == (3, 3)
+        leaves = (await client.log_leaves(0)).leaves
+        changes = {leaf.leaf["run_id"]: leaf.leaf["change"] for leaf in leaves}
+        assert changes == {
+            old["run_id"]: "created",
+            revised["run_id"]: "adopted",
+            new["run_id"]: "created",
+        }
+        assert await second.terminate() == 0
+
+    async def test_removed_log_not_rebuilt(
+        self, worker: WorkerProcess, client: RunsClient, nats_server: NatsServer
+    ) -> None:
+        """With checkpoints published, an empty log is a loss: the worker says so and does
+        not make a new one look whole; the audit names the runs it misses."""
+        run = await publish(client, "a")
+        await covering(client, 1)
+        assert await worker.terminate() == 0
+        for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
+            (worker.data_dir / name).unlink(missing_ok=True)
+        await worker.start(client)
+        assert "the Merkle log is empty but signed checkpoints of it exist" in worker.log()
+        assert not (await client.verify(run["run_id"])).valid
+        code, summary = await audit(worker)
+        assert code == 1
+        assert {"log.truncated", "run.unlogged"} <= kinds(summary)

@@ -74,6 +74,10 @@ class RunStore(Protocol):
     def stored_runs(self) -> AsyncIterator[StoredRun]:
         """Every stored run (a full scan, for ``audit``; never for queries)."""
 
+    async def adopt_unlogged(self) -> int:
+        """Give every run that has no leaf (stored before the log existed) a leaf for the
+        revision it is at, ``adopted`` unless that is revision 1; returns how many."""
+
     async def open(self) -> None:
         """Create the layout and remove leftovers of a crash; before the first message."""
 

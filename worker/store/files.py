@@ -103,6 +103,32 @@ class FileStore:
             for run in batch:
                 yield run
 
+    async def adopt_unlogged(self) -> int:
+        """Log the runs stored before the log existed, as they stand now (an upgrade); returns
+        how many."""
+        adopted = 0
+        batch: list[StoredRun] = []
+        async for run in self.stored_runs():
+            batch.append(run)
+            if len(batch) == 1000:
+                adopted += await asyncio.to_thread(self._adopt, batch)
+                batch = []
+        return adopted + await asyncio.to_thread(self._adopt, batch)
+
+    def _adopt(self, batch: list[StoredRun]) -> int:
+        logged = self._log.logged_of([run.run_id for run in batch])
+        records = []
+        for run in batch:
+            if logged[run.run_id]:
+                continue
+            artifact = json.loads(run.artifact)
+            entries = self.revisions.history(artifact)
+            entry = next(e for e in entries if e["revision"] == artifact["revision"])
+            adopted = artifact["revision"] > 1  # revision 1 is logged whole, as at creation
+            records.append(leaf_record(artifact, entry, adopted=adopted))
+        self._log.append(records)
+        return len(records)
+
     def _history_names(self) -> set[str]:
         names: set[str] = set()
         for shard in _SHARDS:
@@ -133,6 +159,8 @@ class FileStore:
         unfinished = self.workspace.open(shards)
         fresh_index = self.index.open()
         self._log.open()
+        if "stream_created" in self._log.state():  # a jetstream store's copy of its log
+            self._log.clear({})
         if "stream_created" in self.index.state():  # a jetstream store's projection was here
             self.index.clear({})
             fresh_index = True

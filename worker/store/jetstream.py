@@ -8,9 +8,13 @@ Where each thing lives (``P`` = ``RMOS_STREAM_PREFIX``)::
     stream P_RUN_HISTORY      one message per revision after the first, on
                               ``<root>.store.history.<run_id>``; header ``Rmos-Prev-Seq`` names
                               the entry of the revision before (a chain, newest first)
+    stream P_LOG              the Merkle log (``contracts.transparency``): only leaves, one per
+                              stored revision, on ``<root>.store.log.<run_id>``; the leaf at
+                              stream sequence ``s`` is at position ``s - 1`` of the tree
     KV bucket P_BLOB_META     key = sha256, the blob's kind, mime, filename and size (first wins)
     Object Store P_BLOBS      object name = sha256, the bytes
     DATA_DIR/index.sqlite     this host's ``list`` index, a projection of P_RUNS (``projection``)
+    DATA_DIR/log.sqlite       this host's copy of P_LOG: heads and proofs (``merkle_log``)
 
 Every write is acknowledged by the stream leader after a quorum of replicas has it. Create-if-
 absent is a publish with ``Nats-Expected-Last-Subject-Sequence: 0``; every later revision a
@@ -22,6 +26,14 @@ get from a follower (which may lag behind an acknowledged write).
 A revision's history entry is published before its compare-and-swap and named by it: an entry
 whose swap lost is never named, so readers, who walk the chain from the artifact, never see it.
 KV history per key is capped at 64 by JetStream; the chain is not.
+
+A revision's leaf is published after the write that stores it, and acknowledged before that
+write is (a batch's events are acked, an update returns, only then). Each leaf expects the
+run's previous leaf as its subject's last sequence (``0`` for revision 1): whatever the number
+of writers on whatever hosts, one leaf per revision lands, in revision order, and a writer that
+lost the race finds its revision logged. A crash between a write and its leaf is repaired by the
+next writer of the run: a create met again as a duplicate, and every update (before its swap,
+and when it changes nothing) first gives the current revision its leaf if it has none.
 """
 
 from __future__ import annotations
@@ -31,16 +43,22 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+import nats.nuid
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     PubAck,
@@ -51,14 +69,17 @@ from nats.js.api import (
 )
 from nats.js.object_store import ObjectStore
 
-from contracts.canonical import sha256_hex
+from contracts.canonical import canonical, sha256_hex
 from contracts.subjects import Subjects
+from contracts.transparency import leaf_record
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
-from worker.errors import StoreOutageError, TransientError
-from worker.store.base import BlobInfo, Created, NewRun
+from worker.errors import StoreOutageError, TransientError, UnavailableError
+from worker.jetstream import PlacementError
+from worker.store.base import BlobInfo, Created, NewRun, StoredRun
 from worker.store.index import Query, RunIndex
-from worker.store.projection import Projection
+from worker.store.merkle_log import Leaf, LogOutOfOrderError, MerkleLog
+from worker.store.projection import KV_OPERATION, Feed, IndexSink, LogSink, Projection
 from worker.store.revisions import Decide, created_entry, encode, propose
 
 log = logging.getLogger(__name__)
@@ -69,7 +90,11 @@ WRONG_LAST_SEQUENCE = {10071, 10164}  # JSStreamWrongLastSequence(Constant)Err
 NO_MESSAGE = 10037  # JSNoMessageFoundErr
 STREAM_EXISTS_OTHERWISE = 10058  # JSStreamNameExistErr: in use with another configuration
 CAS_ATTEMPTS = 64
+IN_FLIGHT = 32  # runs adopted into the log at once
 LIST_WAIT_S = 2.0  # CONTRACT section 8: every worker lists a run within 2 s
+LOG_WAIT_S = 2.0  # how long ``logged`` waits for this host's copy of the log
+SCAN_BATCH = 256
+SCAN_WAIT_S = 5.0  # a full scan's fetch that gets nothing while runs are left: the store fails
 
 
 # The server refuses for want of a leader, of space or of a quota, whatever the message: an
@@ -88,8 +113,14 @@ class AmbiguousWriteError(StoreOutageError):
     """A write whose outcome is unknown (no PubAck in time, no leader): it may have landed."""
 
 
+class ForeignLogError(PlacementError):
+    """The data dir's ``log.sqlite`` holds leaves but is no copy of a log stream: a files
+    store's log, which is the only copy of its leaves and is never emptied for another."""
+
+
 class JetStreamStore:
-    """Runs and blobs in JetStream; the ``list`` index in ``data_dir`` (see the docstring)."""
+    """Runs, blobs and the log in JetStream; the ``list`` index and the copy of the log in
+    ``data_dir`` (see the module docstring)."""
 
     def __init__(
         self,
@@ -111,14 +142,20 @@ class JetStreamStore:
         self.blobs_bucket = f"{prefix}_BLOBS"
         self.history_stream = f"{prefix}_RUN_HISTORY"
         self._history_subject = f"{subjects.root}.store.history"
+        self.log_stream = f"{prefix}_LOG"
+        self._log_subject = f"{subjects.root}.store.log"
         self.data_dir = data_dir
         # No fsync per batch (synchronous=NORMAL): a tail lost to a power cut is applied again,
-        # as the applied sequence is in the same transactions as the rows.
+        # as the applied sequence is in the same transactions as the rows (or the leaves).
         self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=True)
-        self.projection = Projection(
-            js_of, connect, self.runs_stream, f"$KV.{self.runs_bucket}.", self.index,
-            data_dir / "projection.lock",
+        self._log = MerkleLog(data_dir / "log.sqlite", flushed_by_caller=True)
+        index = Feed(
+            js_of, self.runs_stream, f"$KV.{self.runs_bucket}.>",
+            IndexSink(self.index, f"$KV.{self.runs_bucket}."), name="list index", measured=True,
         )  # fmt: skip
+        self.projection = Projection(
+            connect, data_dir / "projection.lock", index, [self._log_feed(js_of)]
+        )
         self._objects: ObjectStore | None = None
         self._written = 0  # the highest sequence of the runs stream this process acknowledged
 
@@ -126,14 +163,30 @@ class JetStreamStore:
     def _js(self) -> JetStreamContext:
         return self._js_of()
 
+    def _log_feed(self, js_of: Callable[[], JetStreamContext]) -> Feed:
+        """The log stream into this host's copy (``projection``)."""
+        subject = f"{self._log_subject}.*"
+        return Feed(js_of, self.log_stream, subject, LogSink(self._log), name="log copy")
+
     async def open(self) -> None:
-        """Declare the buckets and the history stream (replicated), open the local index."""
+        """Declare the buckets and the streams (replicated), open the local index and the copy
+        of the log. ``ForeignLogError`` when the data dir holds a files store's log."""
         await self.declare()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.index.open)
+        await asyncio.to_thread(self._log.open)
+        await asyncio.to_thread(self._own_copy)
+
+    def _own_copy(self) -> None:
+        """Refuse a ``log.sqlite`` that is not a copy of a log stream (``ForeignLogError``)."""
+        if "stream_created" not in self._log.state() and self._log.size():
+            raise ForeignLogError(
+                f"{self._log.path} holds a files store's Merkle log ({self._log.size()} "
+                "leaves), the only copy of them: give the jetstream store another data dir"
+            )
 
     async def declare(self) -> None:
-        """Create the buckets and the history stream, or bring them to this store's replicas."""
+        """Create the buckets and the streams, or bring them to this store's replicas."""
         js = self._js
         for kv in (self.runs_bucket, self.blob_meta_bucket):
             config = KeyValueConfig(
@@ -149,6 +202,16 @@ class JetStreamStore:
             deny_delete=True,
         )
         await self._declared(self.history_stream, js.add_stream(history))
+        leaves = StreamConfig(
+            name=self.log_stream,
+            subjects=[f"{self._log_subject}.*"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            num_replicas=self.replicas,
+            deny_delete=True,  # append-only: no leaf is ever taken out of the tree
+            deny_purge=True,
+        )
+        await self._declared(self.log_stream, js.add_stream(leaves))
         blobs = ObjectStoreConfig(replicas=self.replicas, storage=StorageType.FILE)
         await self._declared(
             f"OBJ_{self.blobs_bucket}", js.create_object_store(self.blobs_bucket, blobs)
@@ -170,6 +233,7 @@ class JetStreamStore:
 
     def close(self) -> None:
         self.index.close()
+        self._log.close()
 
     # -- low-level reads and writes ---------------------------------------------------------
 
@@ -221,8 +285,9 @@ class JetStreamStore:
         return None if found is None else found[0]
 
     async def create_runs(self, runs: Sequence[NewRun]) -> list[Created]:
-        """Every create of the batch in flight together; the batch is durable when each has its
-        PubAck. An ambiguous outcome raises (the batch is nacked; the redelivery reads)."""
+        """Every create of the batch in flight together, each followed by its leaf; the batch
+        is durable when each has both PubAcks. An ambiguous outcome raises (the batch is
+        nacked; the redelivery reads, and logs a run it finds without its leaf)."""
         results = await asyncio.gather(*(self._create(run) for run in runs), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         for failure in sorted(failures, key=lambda f: not isinstance(f, StoreOutageError)):
@@ -242,16 +307,21 @@ class JetStreamStore:
             found = await self._read_run(run.run_id)
             if found is None:  # a leader just elected, not yet caught up
                 raise StoreOutageError(f"{run.run_id} exists but cannot be read") from None
+            await self._log_current(run.run_id, *found)  # its create crashed before the leaf
             self._saw(found[1].seq)  # acknowledged as a duplicate: list must show it too
             return Created(False, found[0])
         self._saw(ack.seq)
+        record = leaf_record(run.artifact, created_entry(run.artifact))
+        await self._append_leaf(run.run_id, record, after=0)
         return Created(True, run.artifact)
 
     async def update_run(
         self, run_id: str, decide: Decide, *, expected_revision: int | None = None
     ) -> tuple[dict[str, Any], bool] | None:
-        """Compare-and-swap one change: history entry first, then the artifact expecting the
-        key's last sequence; a lost swap reads again and decides again."""
+        """Compare-and-swap one change: the current revision's leaf if it lacks one, history
+        entry, then the artifact expecting the key's last sequence, then the new revision's
+        leaf; a lost swap reads again and decides again. A change that is not wanted still
+        logs the current revision (a change redelivered after a crash before its leaf)."""
         now = utc_now()
         for _ in range(CAS_ATTEMPTS):
             found = await self._read_run(run_id)
@@ -259,6 +329,7 @@ class JetStreamStore:
                 return None
             current, msg = found
             proposed = propose(run_id, current, decide, expected_revision, now)
+            logged = await self._log_current(run_id, current, msg)
             if proposed is None:
                 return current, False
             new, entry = proposed
@@ -276,8 +347,9 @@ class JetStreamStore:
                 if landed is None:
                     raise
                 self._saw(landed)
-                return new, True
-            self._saw(ack.seq)
+            else:
+                self._saw(ack.seq)
+            await self._append_leaf(run_id, leaf_record(new, entry), after=logged)
             return new, True
         raise TransientError(f"{run_id} kept changing under {CAS_ATTEMPTS} attempts; try again")
 
@@ -304,16 +376,140 @@ class JetStreamStore:
         )
         return ack.seq
 
-    async def adopt(self, artifact: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    async def _chain(
+        self, run_id: str, headers: dict[str, str] | None, limit: int
+    ) -> list[RawStreamMsg]:
+        """The history entries named from an artifact's headers, newest first, at most
+        ``limit`` (bounded: a forged header cannot loop it)."""
+        seq = (headers or {}).get(HISTORY_HEADER)
+        chain: list[RawStreamMsg] = []
+        while seq and len(chain) < limit:
+            try:
+                entry_msg = await self._js.get_msg(self.history_stream, seq=int(seq))
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise StoreOutageError(f"history of {run_id} unreadable: {exc!r}") from exc
+            chain.append(entry_msg)
+            seq = (entry_msg.headers or {}).get(PREV_HEADER)
+        return chain
+
+    # -- the Merkle log: writes --------------------------------------------------------------
+
+    def _leaf_subject(self, run_id: str) -> str:
+        return f"{self._log_subject}.{run_id}"
+
+    async def _last_leaf(self, run_id: str) -> tuple[int, int]:
+        """(revision, stream sequence) of the run's last leaf, read from the leader; (0, 0)
+        when the run has none."""
+        msg = await self._last(self.log_stream, self._leaf_subject(run_id))
+        if msg is None:
+            return 0, 0
+        revision = _revision(msg.data or b"")
+        if revision is None:
+            raise TransientError(f"the last leaf of {run_id} (at {msg.seq}) is not a leaf")
+        return revision, msg.seq or 0
+
+    async def _append_leaf(self, run_id: str, record: dict[str, Any], *, after: int) -> int:
+        """Publish ``record`` as the run's next leaf, expecting the run's last leaf at stream
+        sequence ``after`` (0: none); returns the sequence of the run's last leaf then.
+
+        A wrong last sequence means another writer logged first: the run's last leaf is read
+        again, and this revision (or a later one) found there is the answer; else the leaf is
+        published after the one found. An unconfirmed publish is read back the same way."""
+        revision = record["revision"]
+        data = canonical(record)
+        subject = self._leaf_subject(run_id)
+        for _ in range(CAS_ATTEMPTS):
+            headers = {EXPECTED_LAST_SUBJECT_SEQ: str(after)}
+            try:
+                ack = await self._publish(subject, data, headers, stream=self.log_stream)
+            except nats.js.errors.APIError:  # wrong last sequence: someone logged meanwhile
+                pass
+            except AmbiguousWriteError:
+                logged, last = await self._last_leaf(run_id)
+                if logged < revision:
+                    raise
+                return last
+            else:
+                return ack.seq
+            logged, after = await self._last_leaf(run_id)
+            if logged >= revision:
+                return after
+            if logged < revision - 1:  # stored before the log, or by a writer without it
+                log.warning(
+                    "run %s: revisions %d to %d have no leaf", run_id, logged + 1, revision - 1
+                )
+        raise TransientError(f"the log of {run_id} kept growing under {CAS_ATTEMPTS} attempts")
+
+    async def _log_current(self, run_id: str, artifact: dict[str, Any], msg: RawStreamMsg) -> int:
+        """Give the stored revision its leaf unless the log has it (a crash came between its
+        write and its leaf); returns the sequence of the run's last leaf. A revision whose
+        history entry is not found (a value written behind the store's back) stays unlogged."""
+        revision = artifact.get("revision")
+        logged, last = await self._last_leaf(run_id)
+        if not isinstance(revision, int) or logged >= revision:
+            return last
+        entry: Any = created_entry(artifact) if revision == 1 else None
+        if revision > 1:
+            chain = await self._chain(run_id, msg.headers, 1)
+            entry = json.loads(chain[0].data or b"null") if chain else None
+        if not isinstance(entry, dict) or entry.get("revision") != revision:
+            log.warning("run %s: revision %d has no history entry: not logged", run_id, revision)
+            return last
+        adopted = logged == 0 and revision > 1  # stored before the log existed
+        record = leaf_record(artifact, entry, adopted=adopted)
+        return await self._append_leaf(run_id, record, after=last)
+
+    async def adopt_unlogged(self) -> int:
+        """Log every run that has no leaf (stored before the log), as it stands; 32 at once."""
+        adopted = 0
+        pending: set[asyncio.Task[bool]] = set()
+        async for run in self.stored_runs():
+            if len(pending) >= IN_FLIGHT:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                adopted += sum(task.result() for task in done)
+            pending.add(asyncio.create_task(self._adopt_one(run)))
+        adopted += sum(await asyncio.gather(*pending))
+        return adopted
+
+    async def _adopt_one(self, run: StoredRun) -> bool:
+        if (await self._last_leaf(run.run_id))[0] > 0:
+            return False
+        artifact = json.loads(run.artifact)
+        revision = artifact["revision"]
+        entry = created_entry(artifact) if revision == 1 else json.loads(run.history[-1])
+        record = leaf_record(artifact, entry, adopted=revision > 1)
+        await self._append_leaf(run.run_id, record, after=0)
+        return True
+
+    async def adopt(
+        self,
+        artifact: dict[str, Any],
+        history: list[dict[str, Any]],
+        leaves: Sequence[dict[str, Any]] = (),
+    ) -> str:
         """Store a run made elsewhere (``migrate``) with its history, unless the run id is held:
         ``"copied"``, ``"present"`` (the same run, at this revision or later) or ``"conflict"``.
 
         The history's entries go first (revisions 2..), chained, then the artifact is created
-        naming the last: interrupted and run again, it leaves only unnamed entries behind."""
+        naming the last: interrupted and run again, it leaves only unnamed entries behind.
+        Then ``leaves`` (the source's leaf records of the run) are logged in revision order, and
+        the current revision if they lack it; a run found at this revision gets those it lacks."""
         run_id = artifact["run_id"]
         found = await self.get_run(run_id)
-        if found is not None:
-            return _held(found, artifact)
+        if found is None:
+            found, outcome = await self._copy(artifact, history)
+        else:
+            outcome = _held(found, artifact)
+        same_revision = found is not None and found["revision"] == artifact["revision"]
+        if outcome != "conflict" and same_revision:
+            await self._adopt_leaves(artifact, history, leaves)
+        return outcome
+
+    async def _copy(
+        self, artifact: dict[str, Any], history: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any] | None, str]:
+        """Create a run with its history (``adopt``); the run stored now, and the outcome."""
+        run_id = artifact["run_id"]
         prev = ""
         for entry in history[1:]:
             ack = await self._publish(
@@ -332,8 +528,129 @@ class JetStreamStore:
             )
         except nats.js.errors.APIError:  # created meanwhile
             found = await self.get_run(run_id)
-            return "conflict" if found is None else _held(found, artifact)
-        return "copied"
+            return found, "conflict" if found is None else _held(found, artifact)
+        return artifact, "copied"
+
+    async def _adopt_leaves(
+        self,
+        artifact: dict[str, Any],
+        history: list[dict[str, Any]],
+        leaves: Sequence[dict[str, Any]],
+    ) -> None:
+        """Log a copied run as its source's log has it: the leaves after those this log holds,
+        by revision, then the current revision's when the source has none for it."""
+        run_id, revision = artifact["run_id"], artifact["revision"]
+        logged, last = await self._last_leaf(run_id)
+        records = sorted(
+            (r for r in leaves if logged < r["revision"] <= revision), key=lambda r: r["revision"]
+        )
+        if logged < revision and not (records and records[-1]["revision"] == revision):
+            entry = next((e for e in history if e.get("revision") == revision), None)
+            if entry is not None:
+                records.append(leaf_record(artifact, entry))
+        for record in records:
+            last = await self._append_leaf(run_id, record, after=last)
+
+    # -- the Merkle log: this host's copy ----------------------------------------------------
+
+    @property
+    def log(self) -> MerkleLog:
+        """This host's copy of the log stream (kept by ``projection``): a prefix of the log."""
+        return self._log
+
+    async def log_reaches(self, size: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await asyncio.to_thread(self._log.size) < size:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    async def logged(self, run_id: str) -> list[Leaf]:
+        """The run's leaves from this host's copy, once it holds the run's last leaf as the
+        leader has it now; ``UnavailableError`` when the copy stays behind."""
+        msg = await self._last(self.log_stream, self._leaf_subject(run_id))
+        last = 0 if msg is None else msg.seq or 0
+        if not await self.log_reaches(last, LOG_WAIT_S):
+            have = await asyncio.to_thread(self._log.size)
+            raise UnavailableError(
+                f"the log copy is behind (at {have} leaves; the last leaf of {run_id} is {last})"
+            )
+        return await asyncio.to_thread(self._log.leaves_of, run_id)
+
+    async def catch_up_log(self) -> int:
+        """Bring this host's copy up to the log stream's last sequence now, on this event loop
+        and connection (no follower needed: an audit on a fresh data dir); the copy's size.
+        Needs only ``log`` open. ``BadLeafError`` (``projection``) when the stream holds a
+        message the copy cannot hold; ``ForeignLogError`` for a files store's log."""
+        await asyncio.to_thread(self._own_copy)
+        feed = self._log_feed(lambda: self._js)
+        never = threading.Event()
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                last = (await self._js.stream_info(self.log_stream)).state.last_seq
+                await feed.follow(self._js, never, until=last, offload=True)
+            except LogOutOfOrderError:  # another process applied meanwhile: from its state
+                continue
+            except nats.js.errors.NotFoundError as exc:
+                raise StoreOutageError(f"{self.log_stream}: {exc.description}") from exc
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise StoreOutageError(f"reading {self.log_stream} failed: {exc!r}") from exc
+            size = await asyncio.to_thread(self._log.size)
+            if size >= last:
+                return size
+        raise TransientError(f"the copy of {self.log_stream} did not catch up; try again")
+
+    async def stored_runs(self) -> AsyncIterator[StoredRun]:
+        """Every run in the bucket (a full scan, for ``audit``): each key's value as it was
+        when the scan began, through an ephemeral consumer (last per subject), with the
+        history entries its chain names, oldest first. Deleted keys are skipped."""
+        js, prefix = self._js, f"$KV.{self.runs_bucket}."
+        name = nats.nuid.NUID().next().decode()
+        config = ConsumerConfig(
+            name=name,
+            filter_subject=f"{prefix}>",
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=300.0,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        try:
+            info = await js.add_consumer(self.runs_stream, config=config)
+            sub = await js.pull_subscribe_bind(name, stream=self.runs_stream)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise StoreOutageError(f"cannot scan {self.runs_stream}: {exc!r}") from exc
+        total, delivered = info.num_pending or 0, 0  # the keys when the consumer was made
+        try:
+            while delivered < total:
+                try:
+                    msgs = await sub.fetch(min(SCAN_BATCH, total - delivered), SCAN_WAIT_S)
+                except (nats.errors.Error, TimeoutError) as exc:
+                    raise StoreOutageError(
+                        f"the scan of {self.runs_stream} failed: {exc!r}"
+                    ) from exc
+                for msg in msgs:
+                    if msg.metadata.sequence.consumer != delivered + 1:
+                        raise TransientError(f"the scan of {self.runs_stream} lost messages")
+                    delivered += 1
+                    if (msg.headers or {}).get(KV_OPERATION) not in {"DEL", "PURGE"}:
+                        yield await self._stored_run(msg.subject.removeprefix(prefix), msg)
+                    if delivered == total:
+                        break
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await js.delete_consumer(self.runs_stream, name)
+
+    async def _stored_run(self, run_id: str, msg: Msg) -> StoredRun:
+        data = bytes(msg.data)
+        revision = _revision(data)
+        limit = revision - 1 if revision is not None else 0
+        chain = await self._chain(run_id, msg.headers, limit)
+        return StoredRun(run_id, data, [m.data or b"" for m in reversed(chain)])
 
     async def history(self, run_id: str) -> list[dict[str, Any]] | None:
         """Every revision, oldest first: the chain of entries named from the artifact."""
@@ -341,19 +658,10 @@ class JetStreamStore:
         if found is None:
             return None
         artifact, msg = found
-        entries = [created_entry(artifact)]
-        seq = (msg.headers or {}).get(HISTORY_HEADER)
-        chain: list[dict[str, Any]] = []
         revisions = artifact.get("revision")
         limit = revisions - 1 if isinstance(revisions, int) else 0
-        while seq and len(chain) < limit:  # bounded: a forged header cannot loop it
-            try:
-                entry_msg = await self._js.get_msg(self.history_stream, seq=int(seq))
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise StoreOutageError(f"history of {run_id} unreadable: {exc!r}") from exc
-            chain.append(json.loads(entry_msg.data or b"{}"))
-            seq = (entry_msg.headers or {}).get(PREV_HEADER)
-        return entries + chain[::-1]
+        chain = await self._chain(run_id, msg.headers, limit)
+        return [created_entry(artifact)] + [json.loads(m.data or b"{}") for m in reversed(chain)]
 
     async def list_runs(self, query: Query) -> list[dict[str, Any]]:
         """From this host's index, once it holds everything this process acknowledged."""
@@ -447,4 +755,14 @@ def _held(found: dict[str, Any], artifact: dict[str, Any]) -> str:
 
 
 def _deleted(msg: RawStreamMsg) -> bool:
-    return (msg.headers or {}).get("KV-Operation") in {"DEL", "PURGE"}
+    return (msg.headers or {}).get(KV_OPERATION) in {"DEL", "PURGE"}
+
+
+def _revision(data: bytes) -> int | None:
+    """The ``revision`` of a stored JSON object (an artifact, a leaf); None when it has none."""
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return None
+    revision = document.get("revision") if isinstance(document, dict) else None
+    return revision if isinstance(revision, int) else None

@@ -135,8 +135,9 @@ class Revisions:
                 continue
             if revision > 1:
                 entries = {e["revision"]: e for e in self.history(artifact)}
+                adopted = not self._log.has(artifact["run_id"], revision - 1)  # before the log
                 if revision in entries:
-                    records.append(leaf_record(artifact, entries[revision]))
+                    records.append(leaf_record(artifact, entries[revision], adopted=adopted))
             elif revision == 1:
                 records.append(leaf_record(artifact, created_entry(artifact)))
         self._log.append(records)

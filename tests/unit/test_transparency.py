@@ -1,0 +1,494 @@
+"""The golden vectors of CONTRACT section 9 (the tamper-evident log), hard-coded, and the checks
+a client makes with ``contracts.transparency`` alone: a checkpoint's signature, a leaf's
+inclusion in a signed tree, one signed tree's consistency with a later one.
+
+The tree math itself (RFC 9162 against an independent reference) is ``test_merkle``'s; here the
+published values are pinned, so that a change of any hash, encoding or field is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import ValidationError
+
+from contracts import merkle
+from contracts.canonical import canonical, sha256_json
+from contracts.transparency import (
+    CHECKPOINT_SCHEMA,
+    LEAF_SCHEMA,
+    Checkpoint,
+    LeafRecord,
+    consistency_valid,
+    hexes,
+    inclusion_valid,
+    key_id,
+    leaf_hash,
+    leaf_record,
+    sign_checkpoint,
+    signature_valid,
+)
+from worker.store.revisions import created_entry
+
+# -- the vectors, copied from CONTRACT section 9 ----------------------------------------------
+
+EMPTY_HEAD = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+RFC6962_LEAVES = [b"", b"\x00", b"\x10"]
+HEADS = {
+    1: "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    2: "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+    3: "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+}
+INCLUSION_1_IN_3 = [
+    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+    "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
+]
+CONSISTENCY_1_TO_3 = [
+    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+    "0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7",
+]
+CONSISTENCY_2_TO_3 = ["0298d122906dcfc10892cb53a73992fc5b9f493ea4c9badb27b791b4127a7fe7"]
+
+ARTIFACT: dict[str, Any] = {
+    "run_id": "run_467d95e1bee1f48fc5dfa0a6a422cd7d",
+    "revision": 1,
+    "source": "engine-a",
+    "event_id": "evt-0001",
+    "recorded_at_utc": "2026-12-01T10:00:00.000000+00:00",
+    "content_sha256": "43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777",
+    "status": "OK",
+}
+LEAF_BYTES = (
+    b'{"artifact_sha256":"5b1152f56c6d9cfd8af6d5d9a78b0b5149bc627099674547c4e3749b5c9573e5",'
+    b'"at":"2026-12-01T10:00:00.000000+00:00","change":"created",'
+    b'"content_sha256":"43258cff783fe7036d8a43033f830adfc60ec037382473548ac742b888292777",'
+    b'"entry_sha256":"8a67788060f536009e61acf4b6f2270550159c7eb7cb00974030597a28e69b94",'
+    b'"revision":1,"run_id":"run_467d95e1bee1f48fc5dfa0a6a422cd7d","schema":"rmos.log_leaf.v1"}'
+)
+LEAF_HASH = "77f6fcf7e7313bebcf988ccca727612d2f04878e5c5167a5a618ef701303116f"
+
+SEED = bytes(range(32))  # 00 01 02 … 1f
+PUBLIC_B64 = "A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg="
+KEY_ID = "56475aa75463474c0285df5dbf2bcab73da651358839e9b77481b2eab107708c"
+ISSUED_AT = "2026-12-01T10:00:02.000000+00:00"
+SIGNED_BYTES = (
+    b'{"issued_at":"2026-12-01T10:00:02.000000+00:00",'
+    b'"key_id":"56475aa75463474c0285df5dbf2bcab73da651358839e9b77481b2eab107708c",'
+    b'"origin":"rmos.runs",'
+    b'"root_hash":"aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",'
+    b'"schema":"rmos.log_checkpoint.v1","tree_size":3}'
+)
+SIGNATURE = (
+    "iZRP/n/eNLOW8sBnFyyaRokVsxw4TbTB4taQWbzzX5oxvEPRGmKaZq389lrzzJHa4a7hjx2s3PCrHVqKL8gVDw=="
+)
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def seed_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(SEED)
+
+
+def other_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+
+
+def tree_of(data: list[bytes]) -> merkle.NodeAt:
+    """The subtree hashes of a tree of these leaf data, grown as the log grows it."""
+    nodes: dict[tuple[int, int], bytes] = {}
+    for index, item in enumerate(data):
+        nodes.update(merkle.appended(index, [merkle.leaf_hash(item)], lambda lv, i: nodes[(lv, i)]))
+    return lambda level, index: nodes[(level, index)]
+
+
+RFC_TREE = tree_of(RFC6962_LEAVES)
+
+
+def vector_checkpoint() -> Checkpoint:
+    """The vector's checkpoint as a client receives it: parsed from the wire's fields."""
+    return Checkpoint.model_validate(
+        {
+            "schema": CHECKPOINT_SCHEMA,
+            "origin": "rmos.runs",
+            "tree_size": 3,
+            "root_hash": HEADS[3],
+            "issued_at": ISSUED_AT,
+            "key_id": KEY_ID,
+            "signature": SIGNATURE,
+        }
+    )
+
+
+def signed_head(size: int, root: str) -> Checkpoint:
+    return sign_checkpoint(
+        seed_key(),
+        origin="rmos.runs",
+        tree_size=size,
+        root=bytes.fromhex(root),
+        issued_at=ISSUED_AT,
+    )
+
+
+def flip(hex_hash: str) -> str:
+    """The hash with its last hex digit changed."""
+    return hex_hash[:-1] + ("0" if hex_hash[-1] != "0" else "1")
+
+
+# -- the tree ---------------------------------------------------------------------------------
+
+
+class TestTreeVectors:
+    """Heads and proofs of RFC 6962's test leaves, as CONTRACT section 9 publishes them."""
+
+    def test_empty_head(self) -> None:
+        """The head of the empty tree is SHA-256 of nothing."""
+        assert merkle.EMPTY_ROOT.hex() == EMPTY_HEAD
+        assert merkle.root(0, RFC_TREE).hex() == EMPTY_HEAD
+        assert merkle.CompactRange().root().hex() == EMPTY_HEAD
+
+    @pytest.mark.parametrize("size", [1, 2, 3])
+    def test_heads(self, size: int) -> None:
+        """The heads of the trees of the first 1, 2 and 3 leaves, from stored nodes and from a
+        compact range alike."""
+        assert merkle.root(size, RFC_TREE).hex() == HEADS[size]
+        compact = merkle.CompactRange()
+        for item in RFC6962_LEAVES[:size]:
+            compact.append(merkle.leaf_hash(item))
+        assert compact.root().hex() == HEADS[size]
+
+    def test_inclusion_proof(self) -> None:
+        """PATH(1, D[3]), nearest the leaf first; it verifies against the head of 3."""
+        proof = merkle.inclusion_proof(1, 3, RFC_TREE)
+        assert hexes(proof) == INCLUSION_1_IN_3
+        leaf = merkle.leaf_hash(RFC6962_LEAVES[1])
+        assert merkle.verify_inclusion(leaf, 1, 3, proof, bytes.fromhex(HEADS[3]))
+
+    @pytest.mark.parametrize(
+        ("old", "expected"), [(1, CONSISTENCY_1_TO_3), (2, CONSISTENCY_2_TO_3)]
+    )
+    def test_consistency_proofs(self, old: int, expected: list[str]) -> None:
+        """PROOF(1, D[3]) and PROOF(2, D[3]); each verifies between the published heads."""
+        proof = merkle.consistency_proof(old, 3, RFC_TREE)
+        assert hexes(proof) == expected
+        old_root, new_root = bytes.fromhex(HEADS[old]), bytes.fromhex(HEADS[3])
+        assert merkle.verify_consistency(old, 3, old_root, new_root, proof)
+
+
+# -- the leaf ---------------------------------------------------------------------------------
+
+
+class TestLeafVector:
+    """The leaf of revision 1 of the vector's artifact."""
+
+    def test_leaf_bytes_and_hash(self) -> None:
+        """leaf_record(artifact, created entry) in canonical JSON is the vector's bytes, and its
+        hash SHA-256(0x00 || bytes)."""
+        record = leaf_record(ARTIFACT, created_entry(ARTIFACT))
+        assert canonical(record) == LEAF_BYTES
+        assert leaf_hash(record).hex() == LEAF_HASH
+        assert hashlib.sha256(b"\x00" + LEAF_BYTES).hexdigest() == LEAF_HASH
+
+    @pytest.mark.parametrize(
+        "changes",
+        [
+            {},
+            {"change": "änderung"},  # non-ASCII: RFC 8785 writes UTF-8, never \u escapes
+            {"change": "advisory 🛠"},  # outside the BMP
+            {"at": "2026-12-01T10:00:00\u2028"},
+            {"change": "tab\there\x01"},
+            {"revision": 2**53 - 1},
+        ],
+    )
+    def test_leaf_hash_is_of_canonical_bytes(self, changes: dict[str, Any]) -> None:
+        """Whatever a record holds, its leaf hash is SHA-256(0x00 || canonical JSON): what any
+        client recomputes from the record with CONTRACT section 1 alone."""
+        record = {**leaf_record(ARTIFACT, created_entry(ARTIFACT)), **changes}
+        assert leaf_hash(record) == hashlib.sha256(b"\x00" + canonical(record)).digest()
+
+    def test_leaf_fields(self) -> None:
+        """Its hashes are of the artifact and of the created entry, its change and time the
+        entry's."""
+        entry = created_entry(ARTIFACT)
+        assert entry == {
+            "revision": 1,
+            "at": "2026-12-01T10:00:00.000000+00:00",
+            "change": "created",
+            "by": "event engine-a:evt-0001",
+            "changed": [],
+        }
+        record = leaf_record(ARTIFACT, entry)
+        assert record["artifact_sha256"] == sha256_json(ARTIFACT)
+        assert record["entry_sha256"] == sha256_json(entry)
+        assert record["schema"] == LEAF_SCHEMA
+        assert (record["change"], record["at"]) == ("created", entry["at"])
+
+    def test_leaf_record_model(self) -> None:
+        """The log's record model takes the vector's leaf and refuses an extra field or a
+        revision 0."""
+        record = leaf_record(ARTIFACT, created_entry(ARTIFACT))
+        parsed = LeafRecord.model_validate(record)
+        assert parsed.model_dump(by_alias=True) == record
+        with pytest.raises(ValidationError):
+            LeafRecord.model_validate({**record, "extra": 1})
+        with pytest.raises(ValidationError):
+            LeafRecord.model_validate({**record, "revision": 0})
+        with pytest.raises(ValidationError):
+            LeafRecord.model_validate({**record, "artifact_sha256": "A" * 64})
+
+    def test_any_artifact_change_changes_the_leaf(self) -> None:
+        """No field of the artifact is outside the leaf's hash."""
+        for key in ARTIFACT:
+            changed = {**ARTIFACT, key: "x" if key != "revision" else 1.5}
+            if key in ("source", "event_id", "recorded_at_utc"):  # these also make the entry
+                record = leaf_record(changed, created_entry(changed))
+            else:
+                record = leaf_record(changed, created_entry(ARTIFACT))
+            assert leaf_hash(record).hex() != LEAF_HASH, key
+
+
+# -- the checkpoint ---------------------------------------------------------------------------
+
+
+class TestCheckpointVector:
+    """The checkpoint of the 3-leaf tree, signed by the key of seed 00..1f."""
+
+    def test_key(self) -> None:
+        """Its public key (raw, base64) and key id (SHA-256 of the 32 raw bytes)."""
+        public = seed_key().public_key()
+        raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        assert base64.b64encode(raw).decode() == PUBLIC_B64
+        assert key_id(public) == KEY_ID
+        assert hashlib.sha256(base64.b64decode(PUBLIC_B64)).hexdigest() == KEY_ID
+
+    def test_signing(self) -> None:
+        """sign_checkpoint gives the vector's signed bytes and (Ed25519 being deterministic)
+        its signature."""
+        checkpoint = signed_head(3, HEADS[3])
+        assert checkpoint.signed_bytes() == SIGNED_BYTES
+        assert checkpoint.signature == SIGNATURE
+        assert checkpoint.key_id == KEY_ID
+        assert checkpoint.as_dict() == vector_checkpoint().as_dict()
+        assert checkpoint.as_dict()["schema"] == CHECKPOINT_SCHEMA
+
+    def test_vector_verifies_with_the_published_key(self) -> None:
+        """A client that holds only the base64 public key checks the vector's checkpoint."""
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(PUBLIC_B64))
+        checkpoint = vector_checkpoint()
+        assert checkpoint.signed_bytes() == SIGNED_BYTES
+        assert signature_valid(checkpoint, public)
+        public.verify(base64.b64decode(SIGNATURE), SIGNED_BYTES)  # raises if it does not
+
+    def test_as_dict_without_signature(self) -> None:
+        body = vector_checkpoint().as_dict(signature=False)
+        assert "signature" not in body
+        assert canonical(body) == SIGNED_BYTES
+        assert vector_checkpoint().root == bytes.fromhex(HEADS[3])
+
+
+class TestSignatureValid:
+    """signature_valid is true for exactly the signed checkpoint and its key."""
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("origin", "rmos.other"),
+            ("tree_size", 2),
+            ("tree_size", 4),
+            ("root_hash", HEADS[2]),
+            ("root_hash", flip(HEADS[3])),
+            ("issued_at", "2026-12-01T10:00:03.000000+00:00"),
+            ("key_id", flip(KEY_ID)),
+        ],
+    )
+    def test_changed_field(self, field: str, value: Any) -> None:
+        """Any field changed after signing breaks the signature."""
+        public = seed_key().public_key()
+        changed = vector_checkpoint().model_copy(update={field: value})
+        assert not signature_valid(changed, public)
+        assert signature_valid(vector_checkpoint(), public)
+
+    def test_every_field_is_covered(self) -> None:
+        """Every field but the signature is in the signed bytes (the test above misses none)."""
+        signed = set(vector_checkpoint().as_dict(signature=False))
+        assert signed == {"schema", "origin", "tree_size", "root_hash", "issued_at", "key_id"}
+
+    def test_another_key(self) -> None:
+        """A checkpoint is not valid under another key, nor one that key signed under ours."""
+        other = other_key()
+        assert not signature_valid(vector_checkpoint(), other.public_key())
+        forged = sign_checkpoint(
+            other,
+            origin="rmos.runs",
+            tree_size=3,
+            root=bytes.fromhex(HEADS[3]),
+            issued_at=ISSUED_AT,
+        )
+        assert signature_valid(forged, other.public_key())
+        assert not signature_valid(forged, seed_key().public_key())
+        # Claiming our key id does not help: the signature is still the other key's.
+        claimed = forged.model_copy(update={"key_id": KEY_ID})
+        assert not signature_valid(claimed, seed_key().public_key())
+
+    @pytest.mark.parametrize(
+        "signature",
+        [
+            "not base64!",
+            SIGNATURE[:-4],  # a truncated encoding
+            SIGNATURE.rstrip("="),  # missing padding
+            base64.b64encode(base64.b64decode(SIGNATURE)[:63]).decode(),  # 63 bytes
+            base64.b64encode(b"\x00" * 64).decode(),
+            base64.b64encode(bytes(reversed(base64.b64decode(SIGNATURE)))).decode(),
+            " " + SIGNATURE,
+        ],
+    )
+    def test_bad_signature(self, signature: str) -> None:
+        """A signature that is not base64, or not the right 64 bytes, is simply invalid."""
+        bad = vector_checkpoint().model_copy(update={"signature": signature})
+        assert not signature_valid(bad, seed_key().public_key())
+
+
+class TestProofsAgainstCheckpoints:
+    """inclusion_valid and consistency_valid, as a client runs them on wire (hex) proofs."""
+
+    # The vector's inclusion proof of leaf 1 in a tree of 3 names leaves 0 and 2 only, so it
+    # puts any record at position 1 of the tree [leaf 0, record, leaf 2].
+    RECORD = leaf_record(ARTIFACT, created_entry(ARTIFACT))
+
+    def record_tree(self) -> Checkpoint:
+        tree = tree_of([RFC6962_LEAVES[0], canonical(self.RECORD), RFC6962_LEAVES[2]])
+        assert hexes(merkle.inclusion_proof(1, 3, tree)) == INCLUSION_1_IN_3
+        return signed_head(3, merkle.root(3, tree).hex())
+
+    def test_inclusion_accepts_the_vector_proof(self) -> None:
+        assert inclusion_valid(self.RECORD, 1, INCLUSION_1_IN_3, self.record_tree())
+
+    @pytest.mark.parametrize(
+        "proof",
+        [
+            [],
+            INCLUSION_1_IN_3[:1],
+            INCLUSION_1_IN_3[::-1],
+            [flip(INCLUSION_1_IN_3[0]), INCLUSION_1_IN_3[1]],
+            [INCLUSION_1_IN_3[0], flip(INCLUSION_1_IN_3[1])],
+            [*INCLUSION_1_IN_3, INCLUSION_1_IN_3[1]],
+            ["zz" * 32, INCLUSION_1_IN_3[1]],
+            [INCLUSION_1_IN_3[0], "0298"],
+        ],
+    )
+    def test_inclusion_rejects_altered_proofs(self, proof: list[str]) -> None:
+        assert not inclusion_valid(self.RECORD, 1, proof, self.record_tree())
+
+    def test_inclusion_rejects_another_leaf_index_or_tree(self) -> None:
+        """The proof holds for this record, at this position, in this tree only."""
+        checkpoint = self.record_tree()
+        assert not inclusion_valid({**self.RECORD, "revision": 2}, 1, INCLUSION_1_IN_3, checkpoint)
+        for index in (0, 2, 3, -1):
+            assert not inclusion_valid(self.RECORD, index, INCLUSION_1_IN_3, checkpoint)
+        assert not inclusion_valid(self.RECORD, 1, INCLUSION_1_IN_3, vector_checkpoint())
+        for size in (0, 1, 2, 5, 8):  # a proof of 2 siblings fits no tree of these sizes
+            other_size = checkpoint.model_copy(update={"tree_size": size})
+            assert not inclusion_valid(self.RECORD, 1, INCLUSION_1_IN_3, other_size)
+
+    @pytest.mark.parametrize(("old", "proof"), [(1, CONSISTENCY_1_TO_3), (2, CONSISTENCY_2_TO_3)])
+    def test_consistency_accepts_the_vector_proofs(self, old: int, proof: list[str]) -> None:
+        assert consistency_valid(signed_head(old, HEADS[old]), signed_head(3, HEADS[3]), proof)
+
+    @pytest.mark.parametrize(
+        ("old", "proof"),
+        [
+            (1, []),
+            (1, CONSISTENCY_1_TO_3[:1]),
+            (1, CONSISTENCY_1_TO_3[::-1]),
+            (1, [flip(CONSISTENCY_1_TO_3[0]), CONSISTENCY_1_TO_3[1]]),
+            (1, [CONSISTENCY_1_TO_3[0], flip(CONSISTENCY_1_TO_3[1])]),
+            (1, [*CONSISTENCY_1_TO_3, CONSISTENCY_2_TO_3[0]]),
+            (1, CONSISTENCY_2_TO_3),
+            (2, CONSISTENCY_1_TO_3),
+            (2, [flip(CONSISTENCY_2_TO_3[0])]),
+            (2, ["not hex"]),
+        ],
+    )
+    def test_consistency_rejects_altered_proofs(self, old: int, proof: list[str]) -> None:
+        assert not consistency_valid(signed_head(old, HEADS[old]), signed_head(3, HEADS[3]), proof)
+
+    def test_consistency_rejects_altered_heads(self) -> None:
+        """The vector proofs do not link a head that is not the tree's, nor the trees reversed."""
+        new = signed_head(3, HEADS[3])
+        assert not consistency_valid(signed_head(1, HEADS[2]), new, CONSISTENCY_1_TO_3)
+        assert not consistency_valid(signed_head(2, flip(HEADS[2])), new, CONSISTENCY_2_TO_3)
+        assert not consistency_valid(
+            signed_head(2, HEADS[2]), signed_head(3, flip(HEADS[3])), CONSISTENCY_2_TO_3
+        )
+        assert not consistency_valid(new, signed_head(2, HEADS[2]), CONSISTENCY_2_TO_3)
+
+    def test_consistency_trivial_cases(self) -> None:
+        """From the empty tree, and from a tree to itself: an empty proof, and only that."""
+        empty = signed_head(0, EMPTY_HEAD)
+        three = signed_head(3, HEADS[3])
+        assert consistency_valid(empty, three, [])
+        assert consistency_valid(three, three, [])
+        assert not consistency_valid(three, three, CONSISTENCY_2_TO_3)
+        assert not consistency_valid(signed_head(0, HEADS[1]), three, [])
+
+
+class TestCheckpointModel:
+    """What the Checkpoint model refuses on the wire."""
+
+    def body(self, **changes: Any) -> dict[str, Any]:
+        return {**vector_checkpoint().as_dict(), **changes}
+
+    def test_round_trip(self) -> None:
+        assert Checkpoint.model_validate(self.body()) == vector_checkpoint()
+
+    def test_extra_field(self) -> None:
+        with pytest.raises(ValidationError, match="extra"):
+            Checkpoint.model_validate(self.body(note="hello"))
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("root_hash", HEADS[3].upper()),
+            ("root_hash", HEADS[3][:-1]),
+            ("root_hash", HEADS[3] + "0"),
+            ("root_hash", "g" * 64),
+            ("root_hash", ""),
+            ("key_id", KEY_ID.upper()),
+            ("key_id", KEY_ID[:32]),
+            ("key_id", PUBLIC_B64),
+        ],
+    )
+    def test_bad_hashes(self, field: str, value: str) -> None:
+        with pytest.raises(ValidationError, match=field):
+            Checkpoint.model_validate(self.body(**{field: value}))
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("schema", "rmos.log_checkpoint.v2"),
+            ("tree_size", -1),
+            ("tree_size", "3"),  # strict: no coercion
+            ("tree_size", 3.0),
+            ("origin", ""),
+            ("signature", ""),
+            ("signature", "A" * 129),
+        ],
+    )
+    def test_bad_fields(self, field: str, value: Any) -> None:
+        with pytest.raises(ValidationError):
+            Checkpoint.model_validate(self.body(**{field: value}))
+
+    @pytest.mark.parametrize("field", ["origin", "tree_size", "root_hash", "issued_at", "key_id"])
+    def test_missing_field(self, field: str) -> None:
+        body = self.body()
+        del body[field]
+        with pytest.raises(ValidationError):
+            Checkpoint.model_validate(body)
+
+    def test_frozen(self) -> None:
+        with pytest.raises(ValidationError):
+            vector_checkpoint().tree_size = 4  # type: ignore[misc]
