@@ -25,6 +25,7 @@ from worker.broker import Broker
 from worker.checkpoints import Checkpoints
 from worker.connection import ConnectError, connect_options, connector
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
+from worker.errors import TransientError
 from worker.explain import Explanations
 from worker.ingest import Ingestor
 from worker.jetstream import (
@@ -176,17 +177,21 @@ class Worker:
     async def _adopt_unlogged(self) -> None:
         """A store older than its Merkle log (an upgrade) has its runs logged as they stand;
         a log that is empty while checkpoints exist was lost: said, never silently rebuilt."""
-        if await asyncio.to_thread(self.store.log.size) > 0:
+        try:
+            if await self.store.log_size() > 0:
+                return
+            if await self.checkpoints.latest() is not None:
+                async for _ in self.store.stored_runs():  # runs, but no log: said once
+                    log.error(
+                        "the Merkle log is empty but signed checkpoints of it exist: it was "
+                        "lost or removed; restore it (`rmos-runs audit` names the runs it misses)"
+                    )
+                    break
+                return
+            adopted = await self.store.adopt_unlogged()
+        except TransientError as exc:  # the store or the stream failing at start-up
+            log.warning("runs older than the Merkle log not looked for (%s); next start", exc)
             return
-        if await self.checkpoints.latest() is not None:
-            async for _ in self.store.stored_runs():  # runs, but no log: said once
-                log.error(
-                    "the Merkle log is empty but signed checkpoints of it exist: it was lost or "
-                    "removed; restore it (`rmos-runs audit` names the runs it misses)"
-                )
-                break
-            return
-        adopted = await self.store.adopt_unlogged()
         if adopted:
             log.warning(
                 "the Merkle log is new: %d runs stored before it are logged as they stand now "

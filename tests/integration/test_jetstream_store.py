@@ -26,7 +26,7 @@ CLUSTER = pytest.mark.parametrize("store", ["jetstream"], indirect=True)  # a 3-
 JETSTREAM = {"RMOS_STORE": "jetstream"}
 STREAMS = [
     "RMOS_RUN_EVENTS", "RMOS_EXPLAIN", "RMOS_DLQ", "KV_RMOS_RUNS", "KV_RMOS_BLOB_META",
-    "OBJ_RMOS_BLOBS", "RMOS_RUN_HISTORY", "RMOS_LOG",
+    "OBJ_RMOS_BLOBS", "RMOS_RUN_HISTORY", "RMOS_LOG", "RMOS_CHECKPOINTS",
 ]  # fmt: skip
 
 

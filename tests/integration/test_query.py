@@ -70,6 +70,9 @@ class TestVerify:
             "feasibility_sha256",
             "attachments.0.sha256",
             "attachments.0.size_bytes",
+            "log.revisions",
+            "log.artifact",
+            "log.history",
         ]
 
     @BOTH_STORES

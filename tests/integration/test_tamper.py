@@ -358,21 +358,25 @@ class TestLogApi:
 class TestUpgrade:
     """A data dir written before the log existed, and a log removed behind the worker's back."""
 
+    @BOTH_STORES
     async def test_older_store_adopted(
-        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
+        self, nats_server: NatsServer, client: RunsClient, tmp_path: Path, store_env: dict[str, str]
     ) -> None:
         """Runs stored before the log are logged as they stand at the first start; verify and
         the audit accept them; new runs are logged from their creation."""
         data = tmp_path / "data"
-        first = WorkerProcess(nats_server.url, data, env=QUICK_CHECKPOINTS)
+        env = {**store_env, **QUICK_CHECKPOINTS}
+        first = WorkerProcess(nats_server.url, data, env=env)
         await first.start(client)
         old = await blocked_run(client)
         revised = await revised_run(client)
         assert await first.terminate() == 0
         for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
             (data / name).unlink(missing_ok=True)  # as a data dir of the version before
+        if store_env:
+            await client.js.delete_stream("RMOS_LOG")  # as a jetstream store of that version
         await client.js.purge_stream(client.subjects.checkpoints_stream)  # and no checkpoints
-        second = WorkerProcess(nats_server.url, data, env=QUICK_CHECKPOINTS)
+        second = WorkerProcess(nats_server.url, data, env=env)
         await second.start(client)
         assert "2 runs stored before it are logged as they stand now" in second.log()
         for run in (old, revised):
@@ -407,3 +411,38 @@ class TestUpgrade:
         code, summary = await audit(worker)
         assert code == 1
         assert {"log.truncated", "run.unlogged"} <= kinds(summary)
+
+
+class TestJetStreamHistoryTampering:
+    @pytest.mark.parametrize("store", ["jetstream"], indirect=True)
+    async def test_history_entry_replaced(self, worker: WorkerProcess, client: RunsClient) -> None:
+        """With write access to the buckets, a forged history entry put in the chain (the
+        artifact's value written again naming it): served by ``history``, caught by verify and
+        the audit."""
+        run = await revised_run(client)
+        run_id = run["run_id"]
+        value = await client.js.get_msg("KV_RMOS_RUNS", subject=f"$KV.RMOS_RUNS.{run_id}")
+        assert value.data is not None
+        assert value.headers is not None
+        newest = await client.js.get_msg(
+            "RMOS_RUN_HISTORY", seq=int(value.headers["Rmos-History-Seq"])
+        )
+        assert newest.data is not None
+        assert newest.headers is not None
+        entry = json.loads(newest.data)
+        entry["by"] = "someone else"
+        forged = await client.js.publish(
+            f"{client.subjects.root}.store.history.{run_id}",
+            canonical(entry),
+            headers={"Rmos-Prev-Seq": newest.headers["Rmos-Prev-Seq"]},
+        )
+        await client.js.publish(
+            f"$KV.RMOS_RUNS.{run_id}", value.data, headers={"Rmos-History-Seq": str(forged.seq)}
+        )
+        assert (await client.history(run_id)).revisions[2].by == "someone else"
+        report = await client.verify(run_id)
+        assert [c.name for c in report.checks if not c.ok] == ["log.history"]
+        await covering(client, 3)
+        code, summary = await audit(worker)
+        assert code == 1
+        assert kinds(summary, run_id) == {"history.missing"}

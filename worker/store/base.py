@@ -68,6 +68,9 @@ class RunStore(Protocol):
     async def logged(self, run_id: str) -> list[Leaf]:
         """The run's leaves, by revision, as the log holds them now (not as a lagging copy)."""
 
+    async def log_size(self) -> int:
+        """How many leaves the log has now (the log itself, not this host's copy)."""
+
     async def catch_up_log(self) -> int:
         """Bring ``log`` up to the log's size now and return that size (an audit's start)."""
 

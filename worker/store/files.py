@@ -87,8 +87,11 @@ class FileStore:
     async def logged(self, run_id: str) -> list[Leaf]:
         return await asyncio.to_thread(self._log.leaves_of, run_id)
 
-    async def catch_up_log(self) -> int:
+    async def log_size(self) -> int:
         return await asyncio.to_thread(self._log.size)
+
+    async def catch_up_log(self) -> int:
+        return await self.log_size()
 
     async def stored_runs(self, chunk: int = 512) -> AsyncIterator[StoredRun]:
         """Every run with its history, in directory order; the next chunk is read (in a

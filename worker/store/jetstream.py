@@ -299,10 +299,9 @@ class JetStreamStore:
     async def _create(self, run: NewRun) -> Created:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: "0"}
         subject = self._run_subject(run.run_id)
+        data = encode(run.artifact)
         try:
-            ack = await self._publish(
-                subject, encode(run.artifact), headers, stream=self.runs_stream
-            )
+            ack = await self._publish(subject, data, headers, stream=self.runs_stream)
         except nats.js.errors.APIError:  # the key exists: who holds it?
             found = await self._read_run(run.run_id)
             if found is None:  # a leader just elected, not yet caught up
@@ -311,7 +310,7 @@ class JetStreamStore:
             self._saw(found[1].seq)  # acknowledged as a duplicate: list must show it too
             return Created(False, found[0])
         self._saw(ack.seq)
-        record = leaf_record(run.artifact, created_entry(run.artifact))
+        record = leaf_record(run.artifact, created_entry(run.artifact), artifact_bytes=data)
         await self._append_leaf(run.run_id, record, after=0)
         return Created(True, run.artifact)
 
@@ -335,9 +334,10 @@ class JetStreamStore:
             new, entry = proposed
             entry_seq = await self._append_history(run_id, entry, msg)
             headers = {EXPECTED_LAST_SUBJECT_SEQ: str(msg.seq), HISTORY_HEADER: str(entry_seq)}
+            data = encode(new)
             try:
                 ack = await self._publish(
-                    self._run_subject(run_id), encode(new), headers, stream=self.runs_stream
+                    self._run_subject(run_id), data, headers, stream=self.runs_stream
                 )
             except nats.js.errors.APIError:  # lost the swap: someone else changed it first
                 await asyncio.sleep(random.uniform(0, 0.005))
@@ -349,7 +349,8 @@ class JetStreamStore:
                 self._saw(landed)
             else:
                 self._saw(ack.seq)
-            await self._append_leaf(run_id, leaf_record(new, entry), after=logged)
+            record = leaf_record(new, entry, artifact_bytes=data)
+            await self._append_leaf(run_id, record, after=logged)
             return new, True
         raise TransientError(f"{run_id} kept changing under {CAS_ATTEMPTS} attempts; try again")
 
@@ -578,6 +579,12 @@ class JetStreamStore:
                 f"the log copy is behind (at {have} leaves; the last leaf of {run_id} is {last})"
             )
         return await asyncio.to_thread(self._log.leaves_of, run_id)
+
+    async def log_size(self) -> int:
+        try:
+            return int((await self._js.stream_info(self.log_stream)).state.last_seq)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise StoreOutageError(f"{self.log_stream} unreadable: {exc!r}") from exc
 
     async def catch_up_log(self) -> int:
         """Bring this host's copy up to the log stream's last sequence now, on this event loop
