@@ -296,12 +296,14 @@ class WorkerProc:
         log_path: Path,
         processes: int = 1,
         env: Mapping[str, str] | None = None,
+        module: str = "worker.cli",
     ) -> None:
         self.url = url
         self.data_dir = data_dir
         self.log_path = log_path
         self.processes = processes
         self.env = dict(env or {})
+        self.module = module  # bench/log_bench.py runs a worker without the Merkle log
         self.proc: asyncio.subprocess.Process | None = None
         self.started = 0.0
 
@@ -319,7 +321,7 @@ class WorkerProc:
         with self.log_path.open("ab") as log:
             self.started = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker.cli", "worker",
+                sys.executable, "-m", self.module, "worker",
                 "--nats-url", self.url, "--data-dir", str(self.data_dir),
                 stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
                 env=env, cwd=ROOT, preexec_fn=die_with_parent,
@@ -433,8 +435,9 @@ async def running_worker(
     log_path: Path,
     processes: int = 1,
     env: Mapping[str, str] | None = None,
+    module: str = "worker.cli",
 ) -> AsyncIterator[WorkerProc]:
-    worker = WorkerProc(url, data_dir, log_path, processes, env)
+    worker = WorkerProc(url, data_dir, log_path, processes, env, module)
     await worker.start()
     ok = False
     try:
@@ -762,7 +765,11 @@ async def trickle(
 
 
 async def backlog_rep(
-    cfg: Config, work: Path, events: Sequence[Prepared], processes: int = 1
+    cfg: Config,
+    work: Path,
+    events: Sequence[Prepared],
+    processes: int = 1,
+    module: str = "worker.cli",
 ) -> Rep:
     """2b and 5b: the worker draining a backlog published before it started (no publisher)."""
     data_dir = work / "data"
@@ -772,7 +779,9 @@ async def backlog_rep(
         await ensure_consumer(js, STREAM, events_consumer_config(SETTINGS))
         _, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
         log_path = work / "worker.log"
-        async with running_worker(server.url, data_dir, log_path, processes) as worker:
+        async with running_worker(
+            server.url, data_dir, log_path, processes, module=module
+        ) as worker:
             started = await first_delivery(js, worker, 60.0)
             meter = CpuMeter({**worker.cpu_pids(), "nats": server.pid, "bench": os.getpid()})
             meter.start()

@@ -7,6 +7,9 @@ All in-process on this machine, stores under ``.bench-tmp/`` (the /work disk), r
             one run, each on a fresh data dir; runs/s, median of ``--repeats``. The ratio is
             what the log costs the group commit (the worker's end-to-end rate includes NATS on
             top, so its ratio is closer to 1).
+1b. e2e    the real worker (``python -m worker.cli worker``, and ``bench/unlogged_worker.py``: the
+            same with ``MerkleLog.append`` a no-op) draining a backlog of N events on its own
+            nats-server (``ingest_bench``'s phase 2b), alternating, median of ``--repeats``.
 2. proofs   a log of ``--leaves`` leaves (default 1M, appended 1000 a transaction); then for
             ``--samples`` random leaves: inclusion proof from the SQLite nodes, its verification,
             and ``verify``'s whole log part in-process (``Proofs.run_log`` minus the network:
@@ -30,6 +33,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ingest_bench import SETTINGS, backlog_rep, prepare
+from ingest_bench import Config as IngestConfig
 
 from contracts import merkle
 from contracts.transparency import leaf_hash, leaf_record
@@ -112,6 +118,28 @@ async def phase_ingest(events: int, repeats: int) -> None:
     print(f"1. ingest  {events} runs, {BATCH} a commit, median of {repeats}:")
     print(f"   without the log {without:9.0f} runs/s   {[round(r) for r in rates[False]]}")
     print(f"   with the log    {with_log:9.0f} runs/s   {[round(r) for r in rates[True]]}")
+    print(f"   ratio {with_log / without:.2f} (target >= 0.9)")
+
+
+async def phase_e2e(events: int, repeats: int) -> None:
+    cfg = IngestConfig(
+        events=events, stored=0, reps=repeats, batch=SETTINGS.batch_size, in_flight=1000,
+        trickle=0, trickle_rate=100.0, integral_floats=False, profile=None, quiet_s=0.0,
+        processes=1,
+    )  # fmt: skip
+    rates: dict[str, list[float]] = {"worker.cli": [], "bench.unlogged_worker": []}
+    cpu: dict[str, list[float]] = {name: [] for name in rates}
+    for repeat in range(repeats):
+        for module in ("bench.unlogged_worker", "worker.cli"):
+            work = ROOT / f"e2e-{repeat}-{module}"
+            rep = await backlog_rep(cfg, work, prepare(f"e2e{repeat}", events, False), 1, module)
+            rates[module].append(rep.rate)
+            cpu[module].append(rep.cpu["worker"])
+    with_log, without = (statistics.median(rates[m]) for m in rates)
+    cpu_with, cpu_without = (statistics.median(cpu[m]) for m in cpu)
+    print(f"1b. e2e   the worker draining a backlog of {events} events, median of {repeats}:")
+    print(f"   without the log {without:9.0f} msg/s   {cpu_without:5.0f} us CPU/event")
+    print(f"   with the log    {with_log:9.0f} msg/s   {cpu_with:5.0f} us CPU/event")
     print(f"   ratio {with_log / without:.2f} (target >= 0.9)")
 
 
@@ -239,6 +267,7 @@ async def main() -> None:
     ROOT.mkdir(parents=True, exist_ok=True)
     try:
         await phase_ingest(args.events, args.repeats)
+        await phase_e2e(args.events, args.repeats)
         phase_proofs(args.leaves, args.samples)
         await phase_audit(args.runs)
     finally:

@@ -178,9 +178,14 @@ async def _jetstream(
 
 
 async def _run(store: RunStore, public: Any, checkpoints: list[Checkpoint]) -> Audit:
+    """Leaves first (the tree, the checkpoints), then the stored runs, which the store starts
+    reading at once, while the leaves are checked."""
     result = Audit(public)
     result.want_roots(c.tree_size for c in checkpoints)
     size = await store.catch_up_log()
+    stored = store.stored_runs()
+    first = asyncio.ensure_future(anext(stored, None))
+    await asyncio.sleep(0)  # the store's reading has begun
     progress = Progress(size, "leaves")
     for index, data in store.log.scan():
         result.leaf(index, data)
@@ -191,11 +196,13 @@ async def _run(store: RunStore, public: Any, checkpoints: list[Checkpoint]) -> A
     result.checkpoints(checkpoints, await asyncio.to_thread(store.log.root, result.leaves))
     runs = Progress(result.leaves, "runs")  # at most one run a leaf: a bound, not the count
     batch: list[StoredRun] = []
-    async for run in store.stored_runs():
+    run = await first
+    while run is not None:
         batch.append(run)
         if len(batch) == AUDIT_BATCH:
             _audit_runs(result, store.log, batch)
             runs(result.runs)
+        run = await anext(stored, None)
     _audit_runs(result, store.log, batch)
     runs.close()
     result.finish()

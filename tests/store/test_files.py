@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -298,3 +299,17 @@ async def test_full_file_system(small_disk: SmallDisk) -> None:
         assert store.index.count() == 50
     finally:
         store.close()
+
+
+class TestStoredRuns:
+    """The audit's full scan: every run once, with its history; the reader thread ends with it."""
+
+    async def test_every_run_and_an_early_stop(self, store: FileStore) -> None:
+        await store.create_runs([NewRun(rid(i), art(rid(i))) for i in range(40)])
+        seen = [run.run_id async for run in store.stored_runs()]
+        assert sorted(seen) == sorted(rid(i) for i in range(40))
+        scan = store.stored_runs(ahead=1)
+        async for _ in scan:
+            break
+        await scan.aclose()
+        assert not [t for t in threading.enumerate() if t.name == "stored-runs"]

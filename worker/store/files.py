@@ -20,14 +20,16 @@ the batch), one flush for links, index and log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import itertools
 import json
 import logging
 import os
+import queue
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -93,18 +95,57 @@ class FileStore:
     async def catch_up_log(self) -> int:
         return await self.log_size()
 
-    async def stored_runs(self, chunk: int = 512) -> AsyncIterator[StoredRun]:
-        """Every run with its history, in directory order; the next chunk is read (in a
-        thread) while the caller checks this one."""
-        histories = await asyncio.to_thread(self._history_names)
-        paths = self._run_paths()
-        ahead = asyncio.ensure_future(asyncio.to_thread(self._read_runs, paths, chunk, histories))
-        while batch := await ahead:
-            ahead = asyncio.ensure_future(
-                asyncio.to_thread(self._read_runs, paths, chunk, histories)
-            )
-            for run in batch:
-                yield run
+    async def stored_runs(self, ahead: int = 16) -> AsyncGenerator[StoredRun, None]:
+        """Every run with its history, a shard at a time. A reader thread starts at once and
+        keeps up to ``ahead`` shards read ahead of the caller (the reads wait on the kernel,
+        not on the GIL). Plain strings and system calls: an audit reads millions of files,
+        and a ``Path`` a file cost four times the read itself."""
+        shards: queue.Queue[list[StoredRun] | BaseException | None] = queue.Queue(ahead)
+        stop = threading.Event()
+
+        def read() -> None:
+            try:
+                for shard in _SHARDS:
+                    if stop.is_set():
+                        return
+                    shards.put(self._read_shard(shard))
+                shards.put(None)
+            except BaseException as exc:  # handed to the caller
+                shards.put(exc)
+
+        reader = threading.Thread(target=read, name="stored-runs", daemon=True)
+        reader.start()
+        try:
+            while (batch := await asyncio.to_thread(shards.get)) is not None:
+                if isinstance(batch, BaseException):
+                    raise batch
+                for run in batch:
+                    yield run
+        finally:
+            stop.set()
+            while reader.is_alive():  # let a reader blocked on a full queue see the stop
+                with contextlib.suppress(queue.Empty):
+                    shards.get(timeout=0.01)
+
+    def _read_shard(self, shard: str) -> list[StoredRun]:
+        history_dir = f"{self.history_dir}/{shard}"
+        with os.scandir(history_dir) as entries:
+            histories = {e.name[:-6] for e in entries if e.name.endswith(".jsonl")}
+        runs = []
+        with os.scandir(self.runs_dir / shard) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json"):
+                    continue
+                run_id = entry.name[:-5]
+                try:
+                    data = _read_all(entry.path)
+                    lines = []
+                    if run_id in histories:
+                        lines = _read_all(f"{history_dir}/{run_id}.jsonl").splitlines()
+                except FileNotFoundError:  # removed since the scan: the audit names it gone
+                    continue
+                runs.append(StoredRun(run_id, data, [x for x in lines if x]))
+        return runs
 
     async def adopt_unlogged(self) -> int:
         """Log the runs stored before the log existed, as they stand now (an upgrade); returns
@@ -131,26 +172,6 @@ class FileStore:
             records.append(leaf_record(artifact, entry, adopted=adopted))
         self._log.append(records)
         return len(records)
-
-    def _history_names(self) -> set[str]:
-        names: set[str] = set()
-        for shard in _SHARDS:
-            with os.scandir(self.history_dir / shard) as entries:
-                names.update(e.name[:-6] for e in entries if e.name.endswith(".jsonl"))
-        return names
-
-    def _read_runs(self, paths: Iterator[Path], chunk: int, histories: set[str]) -> list[StoredRun]:
-        runs = []
-        for path in itertools.islice(paths, chunk):
-            run_id = path.stem
-            try:
-                data = _read_all(path)
-                history = self.revisions.history_path(run_id)
-                lines = _read_all(history).splitlines() if run_id in histories else []
-            except FileNotFoundError:  # removed since the scan: the audit names it gone
-                continue
-            runs.append(StoredRun(run_id, data, [x for x in lines if x]))
-        return runs
 
     async def open(self, *, rebuild_lost_index: bool = True) -> None:
         """Create the layout, sweep leftovers, repair the index; before the first message."""
@@ -396,7 +417,7 @@ def _failed(what: str, exc: OSError | sqlite3.Error) -> TransientError:
     return TransientError(f"{what} failed: index: {exc!r}")
 
 
-def _read_all(path: Path, most: int = 1 << 20) -> bytes:
+def _read_all(path: str, most: int = 1 << 20) -> bytes:
     """A file's bytes with three system calls and no file object (an audit reads millions):
     a regular file gives a read everything up to ``most`` at once."""
     fd = os.open(path, os.O_RDONLY)
