@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +34,10 @@ QUICK_CHECKPOINTS = {"RMOS_CHECKPOINT_INTERVAL_S": "0.3"}
 
 
 @pytest.fixture
-async def worker(
-    nats_server: NatsServer, client: RunsClient, tmp_path: Path, store_env: dict[str, str]
-) -> AsyncIterator[WorkerProcess]:
-    proc = WorkerProcess(nats_server.url, tmp_path / "data", env={**store_env, **QUICK_CHECKPOINTS})
-    await proc.start(client)
-    try:
-        yield proc
-    finally:
-        if proc.proc is not None and proc.proc.returncode is None:
-            await proc.terminate()
+def store_env(store: str) -> dict[str, str]:
+    """The store's environment (conftest's), and checkpoints signed often: a test waits for a
+    checkpoint that covers its runs."""
+    return {**({"RMOS_STORE": store} if store != "files" else {}), **QUICK_CHECKPOINTS}
 
 
 def public_key(worker: WorkerProcess) -> Path:
@@ -365,7 +358,7 @@ class TestUpgrade:
         """Runs stored before the log are logged as they stand at the first start; verify and
         the audit accept them; new runs are logged from their creation."""
         data = tmp_path / "data"
-        env = {**store_env, **QUICK_CHECKPOINTS}
+        env = store_env
         first = WorkerProcess(nats_server.url, data, env=env)
         await first.start(client)
         old = await blocked_run(client)
@@ -373,7 +366,7 @@ class TestUpgrade:
         assert await first.terminate() == 0
         for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
             (data / name).unlink(missing_ok=True)  # as a data dir of the version before
-        if store_env:
+        if "RMOS_STORE" in store_env:
             await client.js.delete_stream("RMOS_LOG")  # as a jetstream store of that version
         await client.js.purge_stream(client.subjects.checkpoints_stream)  # and no checkpoints
         second = WorkerProcess(nats_server.url, data, env=env)

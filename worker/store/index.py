@@ -12,15 +12,12 @@ elsewhere it does (``FULL``).
 from __future__ import annotations
 
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from worker.core.ingest import lookup
+from worker.store.sqlite_file import SqliteFile
 
 # column -> where it comes from in the artifact
 COLUMNS: dict[str, str] = {
@@ -83,25 +80,13 @@ def row_of(artifact: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(lookup(artifact, path) for path in COLUMNS.values())
 
 
-class RunIndex:
+class RunIndex(SqliteFile):
     """One SQLite file; safe to share between threads of a process and between processes."""
-
-    def __init__(self, path: Path, *, flushed_by_caller: bool = False) -> None:
-        self.path = path
-        self._synchronous = "NORMAL" if flushed_by_caller else "FULL"
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        # Queries have a connection of their own: WAL readers never wait for the group commit's
-        # writes, and a slow query never holds up an ack.
-        self._read_lock = threading.Lock()
-        self._reader: sqlite3.Connection | None = None
 
     def open(self) -> bool:
         """Open (creating it when absent); True when the index is new and empty, or was of
         another schema version and has been emptied: the caller rebuilds it."""
-        self._db = self._connect()
-        to_wal(self._db)
-        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._open_writer()
         with self._transaction() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
             fresh = version != SCHEMA_VERSION
@@ -112,32 +97,8 @@ class RunIndex:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute(_PROJECTION_STATE)
-        self._reader = self._connect()
-        self._reader.execute("PRAGMA query_only=ON")
+        self._open_reader()
         return bool(fresh)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
-
-    def close(self) -> None:
-        for db in (self._reader, self._db):
-            if db is not None:
-                db.close()
-        self._db = self._reader = None
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        assert self._db is not None, "open() the index first"
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def upsert(self, artifacts: Iterable[dict[str, Any]]) -> None:
         """Add or refresh the rows of these artifacts, in one transaction."""
@@ -240,16 +201,3 @@ def _where(query: Query) -> tuple[str, Sequence[Any]]:
         clauses.append("(created_at_utc, run_id) < (?, ?)")
         params += list(query.after)
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
-    """``PRAGMA journal_mode=WAL``, retried: when several processes open a new index at once,
-    SQLite may answer "database is locked" without waiting out ``busy_timeout``."""
-    for attempt in range(attempts):
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05)

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from contracts import merkle
 from contracts.transparency import leaf_hash, record_bytes
-from worker.store.index import to_wal
+from worker.store.sqlite_file import SqliteFile
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, run_id TEXT NOT NULL, "
@@ -52,55 +49,15 @@ class LogOutOfOrderError(Exception):
     """A leaf applied at a position other than the tree's next one (a copy that lost its place)."""
 
 
-class MerkleLog:
+class MerkleLog(SqliteFile):
     """One ``log.sqlite``; safe to share between threads of a process and between processes."""
 
-    def __init__(self, path: Path, *, flushed_by_caller: bool = False) -> None:
-        self.path = path
-        self._synchronous = "NORMAL" if flushed_by_caller else "FULL"
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        self._read_lock = threading.Lock()
-        self._reader: sqlite3.Connection | None = None
-
     def open(self) -> None:
-        self._db = self._connect()
-        to_wal(self._db)
-        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+        self._open_writer()
         with self._transaction() as db:
             for statement in _SCHEMA:
                 db.execute(statement)
-        self._reader = self._connect()
-        self._reader.execute("PRAGMA query_only=ON")
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
-
-    def close(self) -> None:
-        for db in (self._reader, self._db):
-            if db is not None:
-                db.close()
-        self._db = self._reader = None
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        assert self._db is not None, "open() the log first"
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        assert self._reader is not None, "open() the log first"
-        with self._read_lock:
-            yield self._reader
+        self._open_reader()
 
     # -- writes ----------------------------------------------------------------------------
 
