@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, suppress
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from pydantic import ValidationError
 from contracts.canonical import parse_json
 from contracts.transparency import Checkpoint
 from worker.connection import connect_options, connector, first_connect
-from worker.core.log_checks import Audit
+from worker.core.log_checks import Audit, LeafPass
 from worker.output import Exit, Progress, UsageError, emit, json_line
 from worker.settings import Settings
 from worker.signing import SigningKeyError, load_public, public_path
@@ -39,6 +41,7 @@ from worker.store.merkle_log import MerkleLog
 
 FETCH = 1000
 AUDIT_BATCH = 512  # stored runs held against their leaves a query at a time
+FORK_AT = 1  # leaves from which the leaf pass has a process of its own (a fork costs ~15 ms)
 
 
 def saved_checkpoints(paths: list[Path]) -> list[Checkpoint]:
@@ -177,36 +180,106 @@ async def _jetstream(
     return store
 
 
-async def _run(store: RunStore, public: Any, checkpoints: list[Checkpoint]) -> Audit:
-    """Leaves first (the tree, the checkpoints), then the stored runs, which the store starts
-    reading at once, while the leaves are checked."""
+async def _run(
+    store: RunStore, public: Any, checkpoints: list[Checkpoint], *, fork_at: int = FORK_AT
+) -> Audit:
+    """The leaf pass and the stored runs' pass. From ``fork_at`` leaves on, where the platform
+    forks, the leaves are checked in a second process while this one checks the runs (both
+    cores: either pass alone holds the GIL); else one after the other."""
     result = Audit(public)
-    result.want_roots(c.tree_size for c in checkpoints)
+    wanted = frozenset(c.tree_size for c in checkpoints)
     size = await store.catch_up_log()
-    stored = store.stored_runs()
-    first = asyncio.ensure_future(anext(stored, None))
-    await asyncio.sleep(0)  # the store's reading has begun
-    progress = Progress(size, "leaves")
-    for index, data in store.log.scan():
-        result.leaf(index, data)
-        if index % 4096 == 0:
-            progress(index)
-    progress(size)
-    progress.close()
-    result.checkpoints(checkpoints, await asyncio.to_thread(store.log.root, result.leaves))
-    runs = Progress(result.leaves, "runs")  # at most one run a leaf: a bound, not the count
+    if size >= fork_at and "fork" in multiprocessing.get_all_start_methods():
+        with _Forked(store.log, wanted) as forked:
+            await _runs_pass(result, store.log, store.stored_runs(), size)
+            leaves = await forked.result()
+    else:
+        leaves = LeafPass(wanted)
+        progress = Progress(size, "leaves")
+        for index, data in store.log.scan():
+            leaves.leaf(index, data)
+            if index % 4096 == 0:
+                progress(index)
+        progress.close()
+        await _runs_pass(result, store.log, store.stored_runs(), leaves.count)
+    result.conclude(leaves, checkpoints, await asyncio.to_thread(store.log.root, leaves.count))
+    return result
+
+
+class _Forked:
+    """The leaf pass in a child forked at once, while the log's connections are closed (no
+    SQLite connection may cross a fork); its result comes back through a pipe."""
+
+    def __init__(self, merkle_log: MerkleLog, wanted: frozenset[int]) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receive, send = context.Pipe(duplex=False)
+        self._child = context.Process(
+            target=_send_leaf_pass, args=(send, merkle_log.path, wanted), daemon=True
+        )
+        merkle_log.close()
+        try:
+            self._child.start()
+        finally:
+            merkle_log.open()
+            send.close()
+
+    async def result(self) -> LeafPass:
+        try:
+            value = await asyncio.to_thread(self._receive.recv)
+        except EOFError:
+            await asyncio.to_thread(self._child.join)
+            code = self._child.exitcode
+            raise RuntimeError(f"the leaf pass ended with exit code {code}") from None
+        if isinstance(value, BaseException):
+            raise value
+        assert isinstance(value, LeafPass)
+        return value
+
+    def __enter__(self) -> _Forked:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._child.terminate()  # a no-op once it has sent its result and gone
+        self._child.join()
+        self._receive.close()
+
+
+def _send_leaf_pass(send: Connection, path: Path, wanted: frozenset[int]) -> None:
+    try:
+        send.send(_leaf_pass(path, wanted))
+    except BaseException as exc:  # the parent raises it
+        send.send(exc)
+    finally:
+        send.close()
+
+
+def _leaf_pass(path: Path, wanted: frozenset[int]) -> LeafPass:
+    """Every leaf of the log at ``path``, read on a connection of its own."""
+    merkle_log = MerkleLog(path)
+    merkle_log.open_read_only()
+    try:
+        leaves = LeafPass(wanted)
+        for index, data in merkle_log.scan():
+            leaves.leaf(index, data)
+        return leaves
+    finally:
+        merkle_log.close()
+
+
+async def _runs_pass(
+    result: Audit, merkle_log: MerkleLog, stored: AsyncIterator[StoredRun], bound: int
+) -> None:
+    """Every stored run held against its leaves, looked up ``AUDIT_BATCH`` runs a query.
+    ``bound``: the log's size (at most one run a leaf: a bound for the progress, not a count)."""
+    progress = Progress(bound, "runs")
     batch: list[StoredRun] = []
-    run = await first
-    while run is not None:
+    async for run in stored:
         batch.append(run)
         if len(batch) == AUDIT_BATCH:
-            _audit_runs(result, store.log, batch)
-            runs(result.runs)
-        run = await anext(stored, None)
-    _audit_runs(result, store.log, batch)
-    runs.close()
-    result.finish()
-    return result
+            _audit_runs(result, merkle_log, batch)
+            progress(result.runs)
+    _audit_runs(result, merkle_log, batch)
+    progress.close()
 
 
 def _audit_runs(result: Audit, merkle_log: MerkleLog, batch: list[StoredRun]) -> None:
@@ -228,7 +301,7 @@ async def run(args: argparse.Namespace, settings: Settings, url: str | None) -> 
         "runs": result.runs,
         "revisions": result.revisions,
         "leaves": result.leaves,
-        "root": result.root().hex(),
+        "root": result.root.hex(),
         "checkpoints": checked,
         "findings": [f.as_dict() for f in result.findings],
     }

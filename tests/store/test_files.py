@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import os
 import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -302,14 +301,23 @@ async def test_full_file_system(small_disk: SmallDisk) -> None:
 
 
 class TestStoredRuns:
-    """The audit's full scan: every run once, with its history; the reader thread ends with it."""
+    """The audit's full scan: every run once, with its history."""
 
-    async def test_every_run_and_an_early_stop(self, store: FileStore) -> None:
+    async def test_every_run_with_its_history(self, store: FileStore) -> None:
         await store.create_runs([NewRun(rid(i), art(rid(i))) for i in range(40)])
-        seen = [run.run_id async for run in store.stored_runs()]
+        history = store.history_dir / rid(3)[4:6] / f"{rid(3)}.jsonl"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        history.write_bytes(b'{"revision":2}\n\n{"revision":3}\n')
+        seen = {run.run_id: run async for run in store.stored_runs()}
         assert sorted(seen) == sorted(rid(i) for i in range(40))
-        scan = store.stored_runs(ahead=1)
+        assert seen[rid(3)].history == [b'{"revision":2}', b'{"revision":3}']
+        assert json.loads(seen[rid(5)].artifact) == art(rid(5))
+
+    async def test_an_early_stop(self, store: FileStore) -> None:
+        """A caller may stop at any run: closing the scan raises nothing, even with a read ahead."""
+        await store.create_runs([NewRun(rid(i), art(rid(i))) for i in range(40)])
+        scan = store.stored_runs()
         async for _ in scan:
             break
         await scan.aclose()
-        assert not [t for t in threading.enumerate() if t.name == "stored-runs"]
+        assert [run.run_id async for run in store.stored_runs()]  # and a new scan works

@@ -23,7 +23,7 @@ from contracts import merkle
 from contracts.canonical import canonical
 from contracts.transparency import Checkpoint, leaf_record, sign_checkpoint
 from worker.core.ingest import build_artifact, check_event
-from worker.core.log_checks import Audit, Finding, run_checks
+from worker.core.log_checks import Audit, Finding, LeafPass, run_checks
 from worker.core.timefmt import utc_text
 from worker.store.revisions import Change, created_entry, encode, propose
 
@@ -171,13 +171,12 @@ def audit(
     """An audit in ``rmos-runs audit``'s steps; ``log_root`` defaults to the head of the
     leaves as given (stored nodes that agree with them), ``indices`` to 0, 1, 2…"""
     result = Audit(KEY.public_key() if public is None else public)
-    result.want_roots(c.tree_size for c in checkpoints)
+    leaves = LeafPass(frozenset(c.tree_size for c in checkpoints))
     for index, data in zip(indices or range(len(store.log)), store.log, strict=True):
-        result.leaf(index, data)
-    result.checkpoints(checkpoints, head(store.log) if log_root is None else log_root)
+        leaves.leaf(index, data)
     for run_id, (artifact, history) in store.files.items():
         result.run(run_id, artifact, [line for line in history if line], store.leaves_of(run_id))
-    result.finish()
+    result.conclude(leaves, checkpoints, head(store.log) if log_root is None else log_root)
     return result
 
 
@@ -201,7 +200,7 @@ class TestClean:
         result = audit(store, checkpoints)
         assert result.findings == []
         assert (result.leaves, result.runs, result.revisions) == (6, 3, 6)
-        assert result.root() == head(store.log)
+        assert result.root == head(store.log)
 
     def test_empty(self) -> None:
         """No runs and no leaves: nothing to find, the empty tree's head."""
@@ -209,7 +208,7 @@ class TestClean:
         result = audit(store, [checkpoint([], 0)])
         assert result.findings == []
         assert (result.leaves, result.runs, result.revisions) == (0, 0, 0)
-        assert result.root() == merkle.EMPTY_ROOT
+        assert result.root == merkle.EMPTY_ROOT
 
     @pytest.mark.parametrize(
         "dump",
@@ -489,11 +488,12 @@ class TestCheckpoints:
     def test_no_key_no_signature_check(self) -> None:
         """Without a public key only the roots are checked."""
         store, *_ = sample()
-        result = Audit(None)
-        result.want_roots([6])
+        result, leaves = Audit(None), LeafPass(frozenset([6]))
         for index, data in enumerate(store.log):
-            result.leaf(index, data)
-        result.checkpoints([checkpoint(store.log, 6, OTHER_KEY)], head(store.log))
+            leaves.leaf(index, data)
+        for run_id, (artifact, history) in store.files.items():
+            result.run(run_id, artifact, history, store.leaves_of(run_id))
+        result.conclude(leaves, [checkpoint(store.log, 6, OTHER_KEY)], head(store.log))
         assert result.findings == []
 
 

@@ -1,9 +1,10 @@
 """Checking runs against the Merkle log (CONTRACT section 9). Pure: no I/O, no clock.
 
 Two users: ``verify`` checks one run (``run_checks``: its artifact and history as served against
-its leaves), and ``rmos-runs audit`` the whole store (``Audit``): one pass over the log's leaves
-recomputes the tree and every checkpoint's root, then each stored run is held against its
-leaves, then the log's runs that are not in the store are named.
+its leaves), and ``rmos-runs audit`` the whole store: one pass over the log's leaves
+(``LeafPass``) recomputes the tree and every checkpoint's root; independently, each stored run
+is held against its leaves (``Audit.run``); at the end (``Audit.conclude``) the checkpoints are
+held against the pass's roots and the log's runs that are not in the store are named.
 
 The audit hashes stored bytes as they are first: the store writes canonical JSON, so an
 artifact or history entry whose bytes hash to the logged SHA-256 is the logged one (the hashes
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,68 +91,85 @@ class Finding:
 
 
 @dataclass(slots=True)
+class LeafPass:
+    """The audit's pass over the log's leaves, fed in order with ``leaf``: the tree recomputed,
+    its root at each ``wanted`` size (the checkpoints'), each run's last logged revision, and
+    what is wrong with the log itself. Plain data, so it can run in another process."""
+
+    wanted: frozenset[int] = frozenset()
+    findings: list[Finding] = field(default_factory=list)
+    count: int = 0
+    tree: merkle.CompactRange = field(default_factory=merkle.CompactRange)
+    roots: dict[int, bytes] = field(default_factory=dict)  # checkpoint size -> root at it
+    latest: dict[str, int] = field(default_factory=dict)  # run id -> last logged revision
+
+    def __post_init__(self) -> None:
+        if 0 in self.wanted:
+            self.roots[0] = merkle.EMPTY_ROOT
+
+    def leaf(self, index: int, data: bytes) -> None:
+        """The leaf at ``index`` (fed in order from 0), as the log's record bytes."""
+        if index != self.count:
+            self._found("log.gap", f"leaf {self.count} is missing (the next is {index})")
+            self.count = index  # go on: what follows is still checked
+        self.tree.append(merkle.leaf_hash(data))
+        self.count += 1
+        if self.count in self.wanted:
+            self.roots[self.count] = self.tree.root()
+        try:
+            record = LeafRecord.model_validate_json(data)
+        except ValidationError:
+            self._found("log.leaf", f"leaf {index} is not a leaf record")
+            return
+        before = self.latest.get(record.run_id, 0)
+        adopted = before == 0 and record.change == ADOPTED  # older than the log
+        if record.revision != before + 1 and not adopted:
+            detail = f"leaf {index} logs revision {record.revision} after revision {before}"
+            self._found("log.order", detail, record.run_id)
+        self.latest[record.run_id] = max(before, record.revision)
+
+    def _found(self, kind: str, detail: str, run_id: str | None = None) -> None:
+        self.findings.append(Finding(kind, detail, run_id))
+
+
+@dataclass(slots=True)
 class Audit:
-    """An audit in three steps: ``leaf`` for each leaf in order, ``checkpoints`` once,
-    ``run`` for each stored run, then ``finish``. ``findings`` collects what is wrong."""
+    """An audit: ``run`` for each stored run (their leaves looked up by the caller), in any
+    order with the ``LeafPass`` over the log, then ``conclude`` with that pass, once.
+    ``findings`` then holds what is wrong: the log's first, then the checkpoints', the runs'."""
 
     public_key: Ed25519PublicKey | None
     findings: list[Finding] = field(default_factory=list)
     leaves: int = 0
     runs: int = 0
     revisions: int = 0
-    _tree: merkle.CompactRange = field(default_factory=merkle.CompactRange)
-    _roots: dict[int, bytes] = field(default_factory=dict)  # checkpoint size -> root at it
-    _wanted: set[int] = field(default_factory=set)
-    _latest: dict[str, int] = field(default_factory=dict)  # run id -> last logged revision
+    root: bytes = merkle.EMPTY_ROOT
     _seen: set[str] = field(default_factory=set)
 
-    def want_roots(self, sizes: Iterable[int]) -> None:
-        """Record the tree's root at each of these sizes while leaves are fed (before them)."""
-        self._wanted.update(sizes)
-        if 0 in self._wanted:
-            self._roots[0] = merkle.EMPTY_ROOT
-
-    def leaf(self, index: int, data: bytes) -> None:
-        """The leaf at ``index`` (fed in order from 0), as the log's record bytes."""
-        if index != self.leaves:
-            self._found("log.gap", f"leaf {self.leaves} is missing (the next is {index})")
-            self.leaves = index  # go on: what follows is still checked
-        self._tree.append(merkle.leaf_hash(data))
-        self.leaves += 1
-        if self.leaves in self._wanted:
-            self._roots[self.leaves] = self._tree.root()
-        try:
-            record = LeafRecord.model_validate_json(data)
-        except ValidationError:
-            self._found("log.leaf", f"leaf {index} is not a leaf record")
-            return
-        before = self._latest.get(record.run_id, 0)
-        adopted = before == 0 and record.change == ADOPTED  # older than the log
-        if record.revision != before + 1 and not adopted:
-            detail = f"leaf {index} logs revision {record.revision} after revision {before}"
-            self._found("log.order", detail, record.run_id)
-        self._latest[record.run_id] = max(before, record.revision)
-
-    def root(self) -> bytes:
-        return self._tree.root()
-
-    def checkpoints(self, checkpoints: Sequence[Checkpoint], log_root: bytes) -> None:
-        """Hold each checkpoint against the recomputed tree; ``log_root`` is the head the log's
-        stored nodes give (what proofs are computed from)."""
-        if log_root != self._tree.root():
-            leaves = self._tree.root().hex()
-            detail = f"the stored subtree hashes give root {log_root.hex()}, the leaves {leaves}"
-            self._found("log.nodes", detail)
+    def conclude(
+        self, leaves: LeafPass, checkpoints: Sequence[Checkpoint], log_root: bytes
+    ) -> None:
+        """Hold each checkpoint against the recomputed tree and name the logged runs that no
+        longer exist; ``log_root`` is the head the log's stored nodes give (what proofs are
+        computed from)."""
+        runs, self.findings = self.findings, list(leaves.findings)
+        self.leaves, self.root = leaves.count, leaves.tree.root()
+        if log_root != self.root:
+            detail = f"the stored subtree hashes give root {log_root.hex()}, the leaves "
+            self._found("log.nodes", detail + self.root.hex())
         for checkpoint in checkpoints:
             name = f"checkpoint {checkpoint.tree_size} ({checkpoint.issued_at})"
             if self.public_key is not None and not signature_valid(checkpoint, self.public_key):
                 self._found("checkpoint.signature", f"{name}: not signed by the given key")
-            if checkpoint.tree_size > self.leaves:
-                detail = f"{name} covers {checkpoint.tree_size} leaves; the log has {self.leaves}"
+            if checkpoint.tree_size > leaves.count:
+                detail = f"{name} covers {checkpoint.tree_size} leaves; the log has {leaves.count}"
                 self._found("log.truncated", detail)
-            elif self._roots.get(checkpoint.tree_size) != checkpoint.root:
+            elif leaves.roots.get(checkpoint.tree_size) != checkpoint.root:
                 detail = f"{name}: root {checkpoint.root_hash}, the log's leaves give another"
                 self._found("log.rewritten", detail)
+        self.findings += runs
+        for run_id in sorted(leaves.latest.keys() - self._seen):
+            self._found("run.deleted", "in the log, but not in the store", run_id)
 
     def run(
         self,
@@ -217,12 +235,6 @@ class Audit:
         if shadowed:
             detail = f"entries of revisions {shadowed} written after the logged ones (rewritten)"
             self._found("history.rewritten", detail, run_id)
-
-    def finish(self) -> None:
-        """Name the logged runs that no longer exist."""
-        gone = sorted(set(self._latest) - self._seen)
-        for run_id in gone:
-            self._found("run.deleted", "in the log, but not in the store", run_id)
 
     def _found(self, kind: str, detail: str, run_id: str | None = None) -> None:
         self.findings.append(Finding(kind, detail, run_id))

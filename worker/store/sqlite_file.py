@@ -34,6 +34,10 @@ class SqliteFile:
         to_wal(self._db)
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
 
+    def open_read_only(self) -> None:
+        """Only the reading connection: for another process that only reads (an audit's)."""
+        self._open_reader()
+
     def _open_reader(self) -> None:
         self._reader = self._connect()
         self._reader.execute("PRAGMA query_only=ON")
