@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -14,7 +13,7 @@ from pydantic import ValidationError
 
 from contracts.api import ListFilters
 from contracts.codes import DeadLetterCode
-from worker import logs, permissions
+from worker import __version__, logs, permissions
 from worker.output import Exit
 from worker.settings import Settings
 
@@ -44,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 ok, 1 failed (verify: not valid), 2 usage or settings, "
         "3 API error, 4 NATS unreachable",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser("worker", help="run the ingestion worker")
@@ -208,13 +207,6 @@ def _choices(annotation: Any) -> list[str] | None:
         if get_origin(arg) is Literal:
             return [str(value) for value in get_args(arg)]
     return None
-
-
-def _version() -> str:
-    try:
-        return metadata.version("rmos-runs")
-    except metadata.PackageNotFoundError:  # run from a tree that is not installed
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

