@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from contracts.codes import ApiErrorCode, DeadLetterCode
+
 SOURCE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 RUN_ID_PATTERN = r"^run_[0-9a-f]{32}$"
@@ -222,3 +224,58 @@ class ExplanationPatch(_Strict):
     summary: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
     error: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
     advisory: PatchAdvisory | None = None
+
+
+class ExplanationRequested(_Strict):
+    """A request for an explanation, worker → explainers, on ``rmos.runs.v1.explain.requested``
+    with ``Nats-Msg-Id: <request_id>`` (CONTRACT section 4). ``run`` is the artifact as stored
+    at ``revision``, already ``PENDING`` with this ``request_id``."""
+
+    schema_: Literal["rmos.explanation_requested.v1"] = Field(alias="schema")
+    request_id: Label
+    run_id: RunId
+    revision: Annotated[int, Field(ge=1)]
+    requested_at: Timestamp
+    run: RunArtifact
+
+
+class ExplanationStatusChanged(_Strict):
+    """A lifecycle transition, worker → anyone, on ``rmos.runs.v1.explain.status.<run_id>`` with
+    ``Nats-Msg-Id: <run_id>:r<revision>`` (CONTRACT section 4). ``request_id`` is the run's
+    ``explanation_request_id`` (always present, null only for a run that never had one);
+    ``summary`` and ``error`` are the run's ``explanation_summary`` / ``explanation_error``
+    when it has them."""
+
+    schema_: Literal["rmos.explanation_status_changed.v1"] = Field(alias="schema")
+    run_id: RunId
+    request_id: Label | None
+    from_: ExplanationStatus = Field(alias="from")
+    to: ExplanationStatus
+    revision: Annotated[int, Field(ge=1)]
+    at: Timestamp
+    summary: Text | None = None
+    error: Text | None = None
+
+
+class ApiError(BaseModel):
+    """The ``error`` of an error reply: a code, a message in words, and maybe more fields
+    (``REVISION_CONFLICT`` gives ``expected`` and ``actual``; ``UNAVAILABLE`` gives
+    ``retryable: true``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    code: ApiErrorCode | DeadLetterCode  # a failed ``create``: the code it would dead-letter with
+    message: str
+    expected: int | None = None
+    actual: int | None = None
+    retryable: bool | None = None
+
+
+class ErrorReply(BaseModel):
+    """``{"ok": false, "error": {...}}``: the reply to any API request that failed (CONTRACT
+    section 5), with the header ``Rmos-Error: <code>``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ok: Literal[False]
+    error: ApiError
