@@ -1,4 +1,5 @@
-"""Helpers for tests that run real processes: a worker subprocess and event factories."""
+"""Helpers for this project's tests that run real processes. The worker launcher, the event
+factory and the waits are the shipped harness (``worker.testing``, the pytest plugin's too)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ import asyncio
 import errno
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from worker.client import RunsApiError, RunsClient
+from worker.client import RunsClient
+from worker.testing import PROBE_RUN, WorkerProcess, event, eventually, wait_for_run
+
+__all__ = ["PROBE_RUN", "WorkerProcess", "event", "eventually", "stored"]
+stored = wait_for_run  # the tests' short name
 
 T = TypeVar("T")
 
@@ -26,131 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs a test (or every test of a class) once per store: a files store on one nats-server, and a
 # jetstream store on a fresh 3-node cluster (the ``store`` fixture of tests/conftest.py).
 BOTH_STORES = pytest.mark.parametrize("store", ["files", "jetstream"], indirect=True)
-PROBE_RUN = "run_" + "0" * 32
-
-
-def event(event_id: str, source: str = "engine-a", **fields: Any) -> dict[str, Any]:
-    """A valid OK/GREEN run event; ``fields`` override or add (None removes a key)."""
-    body: dict[str, Any] = {
-        "schema": "rmos.run_event.v1",
-        "event_id": event_id,
-        "source": source,
-        "mode": "rosette",
-        "tool_id": "saw-0.8mm",
-        "event_type": "feasibility",
-        "status": "OK",
-        "feasibility": {"max_depth_mm": 1.2, "ok": True},
-        "decision": {"risk_level": "GREEN", "score": 90},
-    }
-    body.update(fields)
-    return {k: v for k, v in body.items() if v is not None}
-
-
-class WorkerProcess:
-    """``rmos-runs worker`` as a child process, as an operator would run it."""
-
-    started: ClassVar[list[WorkerProcess]] = []  # reaped after each test, even a failed one
-
-    def __init__(
-        self,
-        nats_url: str | None,
-        data_dir: Path,
-        env: Mapping[str, str] | None = None,
-        module: str = "worker.cli",
-    ) -> None:
-        self.nats_url = nats_url
-        self.data_dir = data_dir
-        self.env = dict(env or {})
-        self.module = module
-        self.log_path = data_dir.parent / f"{data_dir.name}-worker-{id(self):x}.log"
-        self.proc: asyncio.subprocess.Process | None = None
-        self._ready_before = 0
-
-    async def start(
-        self, client: RunsClient | None = None, timeout: float = 30.0, *args: str
-    ) -> None:
-        """Start it (``nats_url=None``: with its embedded server); ``args`` go to the CLI."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("RMOS_NATS_URL", None)
-        self._ready_before = self.ready_lines()
-        url = ["--nats-url", self.nats_url] if self.nats_url else []
-        log = self.log_path.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module, "worker", *url, "--data-dir", str(self.data_dir),
-            *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT,
-        )  # fmt: skip
-        log.close()
-        WorkerProcess.started.append(self)
-        if client is not None:
-            await self.wait_ready(client, timeout)
-
-    async def wait_ready(self, client: RunsClient, timeout: float = 30.0) -> None:
-        """Ready = answers api.get (CONTRACT section 0) and this process says so in its log
-        (another worker of the same queue group may be the one answering)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            assert self.proc is not None
-            if self.proc.returncode is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                await client.request("get", {"run_id": PROBE_RUN})
-            except RunsApiError:
-                if self.ready_lines() > self._ready_before:
-                    return
-            except Exception:
-                pass
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
-
-    def ready_lines(self) -> int:
-        if not self.log_path.exists():
-            return 0
-        return self.log_path.read_text(errors="replace").count("rmos-runs worker ready")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
-
-    async def terminate(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
-
-    async def kill(self) -> None:
-        """SIGKILL: no chance to flush, ack or clean up."""
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 20.0) -> T:
-    """Poll ``check`` until it returns something other than None; bounded by ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await check()
-        if result is not None:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.05)
-
-
-async def stored(client: RunsClient, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
-    """The artifact once ``get`` finds it."""
-
-    async def probe() -> dict[str, Any] | None:
-        try:
-            return await client.get(run_id)
-        except RunsApiError as exc:
-            if exc.code != "RUN_NOT_FOUND":
-                raise
-            return None
-
-    return await eventually(probe, timeout)
 
 
 async def dead_letters(

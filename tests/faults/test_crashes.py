@@ -12,6 +12,7 @@ import pytest
 from contracts.canonical import derive_run_id, sha256_json
 from tests.faults.crashing_worker import CRASHED, LINKS_BEFORE_CRASH
 from tests.support import (
+    ROOT,
     WorkerProcess,
     assert_audited,
     dead_letters,
@@ -114,6 +115,7 @@ class TestBatchCommitCrash:
             data,
             env={"CRASH_AT": step, **FAST_REDELIVERY},
             module="tests.faults.crashing_worker",
+            cwd=ROOT,
         )
         await crashing.start()
         assert crashing.proc is not None
@@ -192,6 +194,7 @@ class TestPoisonThatKills:
                 data,
                 env={**env, "CRASH_AT": "before_flush"},
                 module="tests.faults.crashing_worker",
+                cwd=ROOT,
             )
             await crashing.start()
             assert crashing.proc is not None

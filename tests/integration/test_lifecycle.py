@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 
 from contracts.canonical import derive_run_id
 from tests.faults.crashing_worker import CRASHED
-from tests.support import BOTH_STORES, WorkerProcess, dead_letters, event, eventually, stored
+from tests.support import BOTH_STORES, ROOT, WorkerProcess, dead_letters, event, eventually, stored
 from worker.client import RunsApiError, RunsClient
 from worker.nats_server import NatsServer
 
@@ -209,6 +209,7 @@ class TestDeadlinesAndCrashes:
             data,
             env={"CRASH_AT": "before_request", "RMOS_ACK_WAIT_S": "2"},
             module="tests.faults.crashing_worker",
+            cwd=ROOT,
         )
         await crashing.start(client)
         await client.publish_event(event("blk", status="BLOCKED"))
