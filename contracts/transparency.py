@@ -69,7 +69,7 @@ def record_bytes(record: dict[str, Any]) -> bytes:
 
 def _plain(value: Any) -> bool:
     if isinstance(value, str):
-        return value.isascii()
+        return value.isascii() and "\x7f" not in value  # json.dumps escapes DEL; JCS does not
     return type(value) is int and abs(value) <= MAX_SAFE_INTEGER
 
 

@@ -9,17 +9,39 @@ published values are pinned, so that a change of any hash, encoding or field is 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import ValidationError
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_public_key,
+)
+from pydantic import BaseModel, ValidationError
 
 from contracts import merkle
-from contracts.canonical import canonical, sha256_json
+from contracts.api import (
+    MAX_LEAVES,
+    CheckpointReply,
+    ConsistencyProof,
+    GetRequest,
+    LeafRange,
+    LogCheckpointRequest,
+    LogConsistencyRequest,
+    LogLeavesRequest,
+    VerifyReport,
+)
+from contracts.canonical import canonical, parse_json, sha256_json
+from contracts.subjects import Subjects
 from contracts.transparency import (
+    ADOPTED,
     CHECKPOINT_SCHEMA,
     LEAF_SCHEMA,
     Checkpoint,
@@ -30,9 +52,14 @@ from contracts.transparency import (
     key_id,
     leaf_hash,
     leaf_record,
+    record_bytes,
     sign_checkpoint,
     signature_valid,
 )
+from worker.checkpoints import EXPECTED_LAST_SEQ
+from worker.core import log_checks
+from worker.core.log_checks import run_checks
+from worker.store.jetstream import EXPECTED_LAST_SUBJECT_SEQ
 from worker.store.revisions import created_entry
 
 # -- the vectors, copied from CONTRACT section 9 ----------------------------------------------
@@ -201,6 +228,7 @@ class TestLeafVector:
             {"change": "advisory 🛠"},  # outside the BMP
             {"at": "2026-12-01T10:00:00\u2028"},
             {"change": "tab\there\x01"},
+            {"change": "delete\x7f"},  # ASCII, but json.dumps escapes DEL and JCS does not
             {"revision": 2**53 - 1},
         ],
     )
@@ -492,3 +520,365 @@ class TestCheckpointModel:
     def test_frozen(self) -> None:
         with pytest.raises(ValidationError):
             vector_checkpoint().tree_size = 4  # type: ignore[misc]
+
+
+# -- the document: contracts/TRANSPARENCY.md ------------------------------------------------
+
+DOCUMENT = Path(__file__).resolve().parents[2] / "contracts" / "TRANSPARENCY.md"
+_JSON_BLOCK = re.compile(r"^```json\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_HEADING = re.compile(r"^#{1,6} +(.+?) *$", re.MULTILINE)
+_FOUND = re.compile(r'self\._found\(\s*"([^"]+)"')
+_TABLE_KIND = re.compile(r"^\| `([^`]+)` \|", re.MULTILINE)
+
+# The document's example log: RFC 6962's leaves 0 and 2 around the vector's leaf record.
+EXAMPLE_RECORD = leaf_record(ARTIFACT, created_entry(ARTIFACT))
+EXAMPLE_TREE = tree_of([RFC6962_LEAVES[0], canonical(EXAMPLE_RECORD), RFC6962_LEAVES[2]])
+
+
+@functools.cache
+def document() -> str:
+    return DOCUMENT.read_text(encoding="utf-8")
+
+
+def document_blocks(text: str) -> dict[str, str]:
+    """Every ```json block of the document, by the heading nearest above it."""
+    blocks: dict[str, str] = {}
+    for match in _JSON_BLOCK.finditer(text):
+        headings = _HEADING.findall(text, 0, match.start())
+        name = headings[-1] if headings else "(no heading)"
+        assert name not in blocks, f"two json blocks under the heading {name!r}"
+        blocks[name] = match.group(1).rstrip("\n")
+    return blocks
+
+
+def _consistency(first: int, second: int, tree: merkle.NodeAt) -> dict[str, Any]:
+    return {
+        "first": first,
+        "second": second,
+        "first_root": merkle.root(first, tree).hex(),
+        "second_root": merkle.root(second, tree).hex(),
+        "proof": hexes(merkle.consistency_proof(first, second, tree)),
+    }
+
+
+def expected_blocks() -> dict[str, Any]:
+    """Each block's value as the code computes it from the vectors' inputs alone."""
+    record, entry = EXAMPLE_RECORD, created_entry(ARTIFACT)
+    public = seed_key().public_key()
+    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    pem = public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    rfc_checkpoint = signed_head(3, merkle.root(3, RFC_TREE).hex())
+    example = signed_head(3, merkle.root(3, EXAMPLE_TREE).hex())
+    checks = [check.as_dict() for check in run_checks(ARTIFACT, [entry], [record])]
+    record_hash = leaf_hash(record).hex()
+    return {
+        "Vector: empty-tree": {"tree_size": 0, "root_hash": merkle.root(0, RFC_TREE).hex()},
+        "Vector: rfc6962-tree": {
+            "leaves_hex": [data.hex() for data in RFC6962_LEAVES],
+            "leaf_hashes": [merkle.leaf_hash(data).hex() for data in RFC6962_LEAVES],
+            "heads": [
+                {"tree_size": size, "root_hash": merkle.root(size, RFC_TREE).hex()}
+                for size in (1, 2, 3)
+            ],
+        },
+        "Vector: rfc6962-inclusion": {
+            "leaf_index": 1,
+            "tree_size": 3,
+            "leaf_hash": merkle.leaf_hash(RFC6962_LEAVES[1]).hex(),
+            "root_hash": merkle.root(3, RFC_TREE).hex(),
+            "inclusion_proof": hexes(merkle.inclusion_proof(1, 3, RFC_TREE)),
+        },
+        "Vector: rfc6962-consistency-1-3": _consistency(1, 3, RFC_TREE),
+        "Vector: rfc6962-consistency-2-3": _consistency(2, 3, RFC_TREE),
+        "Vector: leaf-record": {
+            "artifact": ARTIFACT,
+            "entry": entry,
+            "record": record,
+            "canonical": canonical(record).decode(),
+            "leaf_hash": record_hash,
+        },
+        "Vector: signing-key": {
+            "seed_hex": SEED.hex(),
+            "public_key_b64": base64.b64encode(raw).decode(),
+            "public_key_pem": pem,
+            "key_id": key_id(public),
+        },
+        "Vector: checkpoint": {
+            "checkpoint": rfc_checkpoint.as_dict(),
+            "signed": rfc_checkpoint.signed_bytes().decode(),
+        },
+        "Example: log.checkpoint request": {},
+        "Example: log.checkpoint reply": {"ok": True, "checkpoint": example.as_dict()},
+        "Example: checkpoint message": example.as_dict(),
+        "Example: log.consistency request": {"first": 1, "second": 3},
+        "Example: log.consistency reply": {"ok": True, **_consistency(1, 3, EXAMPLE_TREE)},
+        "Example: log.leaves request": {"start": 1, "end": 2},
+        "Example: log.leaves reply": {
+            "ok": True,
+            "start": 1,
+            "end": 2,
+            "leaves": [{"index": 1, "leaf_hash": record_hash, "leaf": record}],
+        },
+        "Example: verify request": {"run_id": ARTIFACT["run_id"]},
+        "Example: verify reply": {
+            "ok": True,
+            "run_id": ARTIFACT["run_id"],
+            "valid": all(check["ok"] for check in checks),
+            "checks": checks,
+            "log": {
+                "leaf_index": 1,
+                "leaf": record,
+                "leaf_hash": record_hash,
+                "tree_size": 3,
+                "inclusion_proof": hexes(merkle.inclusion_proof(1, 3, EXAMPLE_TREE)),
+                "checkpoint": example.as_dict(),
+            },
+        },
+    }
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """Equal as JSON: ``true`` is not ``1``, nor ``1.0`` the integer ``1``."""
+    return json.dumps(value, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+Block = dict[str, Any]
+
+
+def _empty_tree(value: Block, text: str) -> None:
+    assert value["root_hash"] == hashlib.sha256(b"").hexdigest()
+
+
+def _rfc6962_tree(value: Block, text: str) -> None:
+    compact = merkle.CompactRange()
+    for data, hashed, head in zip(
+        value["leaves_hex"], value["leaf_hashes"], value["heads"], strict=True
+    ):
+        assert hashlib.sha256(b"\x00" + bytes.fromhex(data)).hexdigest() == hashed
+        compact.append(bytes.fromhex(hashed))
+        assert (compact.size, compact.root().hex()) == (head["tree_size"], head["root_hash"])
+
+
+def _inclusion(value: Block, text: str) -> None:
+    proof = [bytes.fromhex(h) for h in value["inclusion_proof"]]
+    leaf, root = bytes.fromhex(value["leaf_hash"]), bytes.fromhex(value["root_hash"])
+    assert merkle.verify_inclusion(leaf, value["leaf_index"], value["tree_size"], proof, root)
+
+
+def _consistency_proof(value: Block, text: str) -> None:
+    ConsistencyProof.model_validate(value)
+    first, second = bytes.fromhex(value["first_root"]), bytes.fromhex(value["second_root"])
+    proof = [bytes.fromhex(h) for h in value["proof"]]
+    assert merkle.verify_consistency(value["first"], value["second"], first, second, proof)
+
+
+def _leaf_record(value: Block, text: str) -> None:
+    record = LeafRecord.model_validate(value["record"]).model_dump(by_alias=True)
+    assert canonical(record) == record_bytes(record) == value["canonical"].encode()
+    digest = hashlib.sha256(b"\x00" + value["canonical"].encode()).hexdigest()
+    assert digest == value["leaf_hash"]
+    assert record["artifact_sha256"] == sha256_json(value["artifact"])
+    assert record["entry_sha256"] == sha256_json(value["entry"])
+    assert created_entry(value["artifact"]) == value["entry"]
+
+
+def _signing_key(value: Block, text: str) -> None:
+    public = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(value["seed_hex"])).public_key()
+    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert base64.b64encode(raw).decode() == value["public_key_b64"]
+    pem = load_pem_public_key(value["public_key_pem"].encode())
+    assert isinstance(pem, Ed25519PublicKey)
+    assert pem.public_bytes(Encoding.Raw, PublicFormat.Raw) == raw
+    assert hashlib.sha256(raw).hexdigest() == value["key_id"] == key_id(public)
+
+
+def _checkpoint_valid(body: Any) -> Checkpoint:
+    """A client's check of a checkpoint: its fields, its key id and its signature."""
+    checkpoint = Checkpoint.model_validate(body)
+    assert signature_valid(checkpoint, seed_key().public_key())
+    return checkpoint
+
+
+def _signed_checkpoint(value: Block, text: str) -> None:
+    checkpoint = _checkpoint_valid(value["checkpoint"])
+    assert checkpoint.signed_bytes() == value["signed"].encode()
+    public = seed_key().public_key()
+    public.verify(base64.b64decode(checkpoint.signature), value["signed"].encode())
+
+
+def _checkpoint_reply(value: Block, text: str) -> None:
+    _checkpoint_valid(CheckpointReply.model_validate(value).checkpoint)
+
+
+def _checkpoint_message(value: Block, text: str) -> None:
+    assert text == canonical(_checkpoint_valid(value).as_dict()).decode()
+
+
+def _leaves_request(value: Block, text: str) -> None:
+    request = LogLeavesRequest.model_validate(value)
+    assert request.end is not None
+    assert request.start < request.end <= request.start + MAX_LEAVES
+
+
+def _leaves_reply(value: Block, text: str) -> None:
+    for item in LeafRange.model_validate(value).leaves:
+        LeafRecord.model_validate(item.leaf)
+        assert leaf_hash(item.leaf).hex() == item.leaf_hash
+
+
+def _verify_reply(value: Block, text: str) -> None:
+    report = VerifyReport.model_validate(value)
+    assert report.valid == all(check.ok for check in report.checks)
+    assert report.log is not None
+    checkpoint = _checkpoint_valid(report.log.checkpoint)
+    assert report.log.tree_size == checkpoint.tree_size
+    assert leaf_hash(report.log.leaf).hex() == report.log.leaf_hash
+    hex_proof, index = report.log.inclusion_proof, report.log.leaf_index
+    assert inclusion_valid(report.log.leaf, index, hex_proof, checkpoint)
+
+
+def _model(model: type[BaseModel]) -> Callable[[Block, str], None]:
+    def check(value: Block, text: str) -> None:
+        model.model_validate(value)
+
+    return check
+
+
+# What a client verifies in each block with the primitives alone (CONTRACT section 9.6).
+CLIENT_CHECKS: dict[str, Callable[[Block, str], None]] = {
+    "Example: log.checkpoint request": _model(LogCheckpointRequest),
+    "Example: log.checkpoint reply": _checkpoint_reply,
+    "Example: checkpoint message": _checkpoint_message,
+    "Example: log.consistency request": _model(LogConsistencyRequest),
+    "Example: log.consistency reply": _consistency_proof,
+    "Example: log.leaves request": _leaves_request,
+    "Example: log.leaves reply": _leaves_reply,
+    "Example: verify request": _model(GetRequest),
+    "Example: verify reply": _verify_reply,
+    "Vector: empty-tree": _empty_tree,
+    "Vector: rfc6962-tree": _rfc6962_tree,
+    "Vector: rfc6962-inclusion": _inclusion,
+    "Vector: rfc6962-consistency-1-3": _consistency_proof,
+    "Vector: rfc6962-consistency-2-3": _consistency_proof,
+    "Vector: leaf-record": _leaf_record,
+    "Vector: signing-key": _signing_key,
+    "Vector: checkpoint": _signed_checkpoint,
+}
+BLOCK_NAMES = tuple(CLIENT_CHECKS)  # in the document's order
+
+
+def check_block(name: str, text: str) -> None:
+    """Raise (AssertionError, ValueError) unless the block ``text`` under the heading ``name`` is
+    exactly what the code computes, and verifies."""
+    value = parse_json(text)
+    assert isinstance(value, dict), f"{name}: not one JSON object"
+    expected = expected_blocks()[name]
+    assert _same(value, expected), f"{name}: the document's block is not the code's"
+    CLIENT_CHECKS[name](value, text)
+
+
+def _scalar_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The path of every scalar in ``value``, and of every empty container (one can grow)."""
+    if isinstance(value, dict):
+        items: list[tuple[Any, Any]] = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    else:
+        return [path]
+    if not items:
+        return [path]
+    return [p for key, child in items for p in _scalar_paths(child, (*path, key))]
+
+
+def _changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value[:-1] + ("0" if not value.endswith("0") else "1")
+    if isinstance(value, dict):
+        return {"extra": 0}
+    if isinstance(value, list):
+        return [0]
+    return 0  # null
+
+
+def _mutated(value: Any, path: tuple[Any, ...]) -> Any:
+    if not path:
+        return _changed(value)
+    copy = json.loads(json.dumps(value))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = _changed(parent[path[-1]])
+    return copy
+
+
+class TestDocumentVectors:
+    """``contracts/TRANSPARENCY.md`` holds the vectors and examples the code computes: every
+    ```json block is recomputed and verified, so that the document cannot drift."""
+
+    def test_every_block_is_named_and_checked(self) -> None:
+        """One json block per vector or example heading, no block unaccounted for."""
+        assert tuple(document_blocks(document())) == BLOCK_NAMES
+        assert set(expected_blocks()) == set(BLOCK_NAMES)
+
+    @pytest.mark.parametrize("name", BLOCK_NAMES)
+    def test_block(self, name: str) -> None:
+        check_block(name, document_blocks(document())[name])
+
+    @pytest.mark.parametrize("name", BLOCK_NAMES)
+    def test_any_change_of_a_block_fails(self, name: str) -> None:
+        """Each value of a block changed alone (an empty object or list given a member) is
+        caught: the checks above are not vacuous."""
+        text = document_blocks(document())[name]
+        value = parse_json(text)
+        paths = _scalar_paths(value)
+        assert paths
+        for path in paths:
+            changed = json.dumps(_mutated(value, path), indent=2, ensure_ascii=False)
+            with pytest.raises((AssertionError, ValueError)):
+                check_block(name, changed)
+
+    def test_the_checkpoint_message_is_byte_exact(self) -> None:
+        """The message block is the canonical body itself, not merely its value."""
+        text = document_blocks(document())["Example: checkpoint message"]
+        spaced = json.dumps(json.loads(text), indent=2)
+        with pytest.raises(AssertionError):
+            check_block("Example: checkpoint message", spaced)
+
+    def test_every_finding_kind_is_in_the_table(self) -> None:
+        """The audit's table (9.7) names exactly the kinds ``log_checks`` can emit."""
+        source = Path(log_checks.__file__).read_text(encoding="utf-8")
+        emitted = set(_FOUND.findall(source))
+        assert len(_FOUND.findall(source)) == source.count("self._found(")  # all literal kinds
+        assert len(emitted) >= 10
+        section = document().split("\n## 9.7 ", 1)[1].split("\n## 9.8 ", 1)[0]
+        assert set(_TABLE_KIND.findall(section)) == emitted
+
+    def test_names_and_constants(self) -> None:
+        """The schemas, subjects, streams, headers, ops and checks the document names are the
+        code's."""
+        subjects = Subjects()
+        checks = {c.name for c in run_checks(ARTIFACT, [created_entry(ARTIFACT)], [EXAMPLE_RECORD])}
+        names = {
+            LEAF_SCHEMA,
+            CHECKPOINT_SCHEMA,
+            ADOPTED,
+            subjects.checkpoints,
+            subjects.checkpoints_stream,
+            f"{subjects.root}.store.log.<run_id>",
+            f"{subjects.stream_prefix}_LOG",
+            EXPECTED_LAST_SEQ,
+            EXPECTED_LAST_SUBJECT_SEQ,
+            "log.checkpoint",
+            "log.consistency",
+            "log.leaves",
+            *checks,
+        }
+        text = document()
+        shown = {name for name in names if f"`{name}`" in text or f'`"{name}"`' in text}
+        assert names == shown
+        assert f"`start + {MAX_LEAVES}`" in text
+        assert f"`{merkle.EMPTY_ROOT.hex()[:8]}…{merkle.EMPTY_ROOT.hex()[-4:]}`" in text
