@@ -1,6 +1,6 @@
 """A harness for tests against a real worker: the launcher and readiness wait, an event factory
 and waits for runs and explanations. The pytest plugin (``worker.pytest_plugin``, fixtures
-``rmos_*``) is built on it, and so are this project's own tests and benchmarks.
+``rmos_*``) is built on it, and so are this project's own tests.
 """
 
 from __future__ import annotations
