@@ -47,6 +47,7 @@ from worker.store.jetstream import JetStreamStore
 
 log = logging.getLogger(__name__)
 API_QUEUE = "rmos-worker-api"
+ADOPT_ATTEMPTS = 5  # start-up adoption of runs older than the log: tries, 0.5 s doubling
 API_WORKERS = 16
 
 
@@ -176,28 +177,43 @@ class Worker:
 
     async def _adopt_unlogged(self) -> None:
         """A store older than its Merkle log (an upgrade) has its runs logged as they stand;
-        a log that is empty while checkpoints exist was lost: said, never silently rebuilt."""
-        try:
-            if await self.store.log_size() > 0:
-                return
-            if await self.checkpoints.latest() is not None:
-                async for _ in self.store.stored_runs():  # runs, but no log: said once
-                    log.error(
-                        "the Merkle log is empty but signed checkpoints of it exist: it was "
-                        "lost or removed; restore it (`rmos-runs audit` names the runs it misses)"
+        a log that is empty while checkpoints exist was lost: said, never silently rebuilt.
+        A passing failure (a stream just created, its leader not yet elected) is retried a few
+        times; adoption is per run and idempotent, so a retry goes on where the last stopped."""
+        adopted, wanted = 0, None
+        for attempt in range(ADOPT_ATTEMPTS):
+            try:
+                if wanted is None:
+                    wanted = await self._adoption_wanted()
+                if wanted:
+                    adopted = await self.store.adopt_unlogged()
+                break
+            except TransientError as exc:  # the store or the stream failing at start-up
+                if attempt == ADOPT_ATTEMPTS - 1:
+                    log.warning(
+                        "runs older than the Merkle log not looked for (%s); next start", exc
                     )
-                    break
-                return
-            adopted = await self.store.adopt_unlogged()
-        except TransientError as exc:  # the store or the stream failing at start-up
-            log.warning("runs older than the Merkle log not looked for (%s); next start", exc)
-            return
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
         if adopted:
             log.warning(
                 "the Merkle log is new: %d runs stored before it are logged as they stand now "
                 "(earlier revisions of each predate the log)",
                 adopted,
             )
+
+    async def _adoption_wanted(self) -> bool:
+        if await self.store.log_size() > 0:
+            return False
+        if await self.checkpoints.latest() is not None:
+            async for _ in self.store.stored_runs():  # runs, but no log: said once
+                log.error(
+                    "the Merkle log is empty but signed checkpoints of it exist: it was lost or "
+                    "removed; restore it (`rmos-runs audit` names the runs it misses)"
+                )
+                break
+            return False
+        return True
 
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream

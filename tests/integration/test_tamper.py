@@ -371,7 +371,7 @@ class TestUpgrade:
         await client.js.purge_stream(client.subjects.checkpoints_stream)  # and no checkpoints
         second = WorkerProcess(nats_server.url, data, env=env)
         await second.start(client)
-        assert "2 runs stored before it are logged as they stand now" in second.log()
+        assert "2 runs stored before it are logged as they stand now" in second.log(), second.log()
         for run in (old, revised):
             assert (await client.verify(run["run_id"])).valid
         new = await publish(client, "new")
