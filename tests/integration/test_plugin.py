@@ -71,16 +71,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.timeout(300)
-def test_a_downstream_test_file(pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_a_downstream_test_file(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every downstream test passes with only the plugin's fixtures; each had a worker of its
     own, and none is left running."""
     pids = tmp_path / "pids"
     pytester.makepyfile(test_downstream=DOWNSTREAM)
-    os.environ["RMOS_PLUGIN_PIDS"] = str(pids)
-    try:
-        result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", timeout=240)
-    finally:
-        del os.environ["RMOS_PLUGIN_PIDS"]
+    monkeypatch.setenv("RMOS_PLUGIN_PIDS", str(pids))
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", timeout=240)
     result.assert_outcomes(passed=4)
     started = [int(line) for line in pids.read_text().split()]
     assert len(set(started)) == 2
