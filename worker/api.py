@@ -49,8 +49,8 @@ from worker.errors import (
     StoreOutageError,
     TransientError,
 )
-from worker.explain import Explanations
-from worker.ingest import Delivery, Ingestor, Stored
+from worker.explanations import Explanations
+from worker.intake import Delivery, Intake, Stored
 from worker.logs import fields
 from worker.metrics import API_REQUESTS, API_SECONDS
 from worker.proofs import LogRequestError, Proofs
@@ -104,14 +104,14 @@ class Api:
     def __init__(
         self,
         store: RunStore,
-        ingestor: Ingestor,
+        intake: Intake,
         explanations: Explanations,
         proofs: Proofs,
         *,
         max_blob_bytes: int,
     ) -> None:
         self._store = store
-        self._ingestor = ingestor
+        self._intake = intake
         self._explanations = explanations
         self._proofs = proofs
         self._max_blob_bytes = max_blob_bytes
@@ -293,7 +293,7 @@ class Api:
 
     async def create(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The ingest path with a reply instead of a dead letter."""
-        [outcome] = await self._ingestor.ingest([Delivery(body, None, utc_now())])
+        [outcome] = await self._intake.ingest([Delivery(body, None, utc_now())])
         if isinstance(outcome, RejectedError):
             raise BadRequestError(outcome.code, outcome.detail)
         assert isinstance(outcome, Stored)

@@ -26,8 +26,8 @@ from worker.checkpoints import Checkpoints
 from worker.connection import ConnectError, connect_options, connector
 from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
 from worker.errors import TransientError
-from worker.explain import Explanations
-from worker.ingest import Ingestor
+from worker.explanations import Explanations
+from worker.intake import Intake
 from worker.jetstream import (
     PlacementError,
     ensure_consumer,
@@ -75,7 +75,7 @@ class Worker:
         self.store = make_store(
             settings, nats_url, lambda: self.broker.config.connection_state.stream
         )
-        self.ingestor = Ingestor(self.store, max_event_bytes=settings.max_event_bytes)
+        self.intake = Intake(self.store, max_event_bytes=settings.max_event_bytes)
         self.dead_letters = DeadLetters(self.broker, settings)
         self.explanations = Explanations(self.store, self.broker, settings)
         self.checkpoints = Checkpoints(
@@ -88,7 +88,7 @@ class Worker:
         )
         self.api = Api(
             self.store,
-            self.ingestor,
+            self.intake,
             self.explanations,
             Proofs(self.store, self.checkpoints),
             max_blob_bytes=settings.max_blob_bytes,
@@ -218,7 +218,7 @@ class Worker:
     async def _after_startup(self) -> None:
         js = self.broker.config.connection_state.stream
         events = EventConsumer(
-            js, self.ingestor, self.dead_letters, self.explanations, self.settings, self.outage
+            js, self.intake, self.dead_letters, self.explanations, self.settings, self.outage
         )
         patches = PatchConsumer(
             js, self.explanations, self.dead_letters, self.settings, self.outage

@@ -31,6 +31,8 @@ from contracts.canonical import parse_json
 from contracts.transparency import Checkpoint
 from worker.connection import connect_options, connector, first_connect
 from worker.core.log_checks import Audit, LeafPass
+from worker.errors import StoreOutageError
+from worker.jetstream import scan_fetch
 from worker.output import Exit, Progress, UsageError, emit, json_line
 from worker.settings import Settings
 from worker.signing import SigningKeyError, load_public, public_path
@@ -78,11 +80,9 @@ def _documents(text: str) -> Iterator[str]:
 
 
 async def published_checkpoints(js: JetStreamContext, settings: Settings) -> list[Checkpoint]:
-    """Every checkpoint in the deployment's checkpoints stream, oldest first."""
+    """Every checkpoint in the deployment's checkpoints stream, oldest first; a stream that
+    cannot be read is ``StoreOutageError``."""
     stream = settings.subjects.checkpoints_stream
-    last = (await js.stream_info(stream)).state.last_seq
-    if last == 0:
-        return []
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE,
         deliver_policy=DeliverPolicy.ALL,
@@ -90,19 +90,29 @@ async def published_checkpoints(js: JetStreamContext, settings: Settings) -> lis
         mem_storage=True,
         num_replicas=1,
     )
-    sub = await js.pull_subscribe(settings.subjects.checkpoints, stream=stream, config=config)
+    try:
+        last = (await js.stream_info(stream)).state.last_seq
+        if last == 0:
+            return []
+        sub = await js.pull_subscribe(settings.subjects.checkpoints, stream=stream, config=config)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise StoreOutageError(f"cannot read {stream}: {exc!r}") from exc
     found: list[Checkpoint] = []
     try:
-        seq = 0
+        seq = delivered = 0
         while seq < last:
-            for msg in await sub.fetch(FETCH, timeout=5.0):
+            for msg in await scan_fetch(sub, FETCH, 5.0, stream):
+                delivered += 1
+                if msg.metadata.sequence.consumer != delivered:
+                    raise StoreOutageError(f"the scan of {stream} lost messages")
                 seq = msg.metadata.sequence.stream
                 try:
                     found.append(Checkpoint.model_validate(parse_json(msg.data)))
                 except (ValueError, ValidationError):
                     continue  # not a checkpoint: the audit counts what it could read
     finally:
-        await sub.unsubscribe()
+        with suppress(nats.errors.Error, TimeoutError):
+            await sub.unsubscribe()
     return found
 
 

@@ -41,8 +41,8 @@ from worker import tracing
 from worker.core.dead_letter import dead_letter, dead_letter_msg_id
 from worker.core.timefmt import utc_now
 from worker.errors import RejectedError, StoreOutageError
-from worker.explain import Explanations
-from worker.ingest import Delivery, Ingestor, Prepared, Stored
+from worker.explanations import Explanations
+from worker.intake import Delivery, Intake, Prepared, Stored
 from worker.logs import fields
 from worker.metrics import (
     ACK_LATENCY,
@@ -148,14 +148,14 @@ class EventConsumer:
     def __init__(
         self,
         js: JetStreamContext,
-        ingestor: Ingestor,
+        intake: Intake,
         dead_letters: DeadLetters,
         explanations: Explanations,
         settings: Settings,
         outage: Outage,
     ) -> None:
         self._js = js
-        self._ingestor = ingestor
+        self._intake = intake
         self._explanations = explanations
         self._dead_letters = dead_letters
         self._settings = settings
@@ -247,7 +247,7 @@ class EventConsumer:
         deliveries = _deliveries(msgs)
         started = time.time_ns()
         prepared = await self._outage.persist(
-            lambda: self._ingestor.prepare(deliveries), self._stopping, write=False
+            lambda: self._intake.prepare(deliveries), self._stopping, write=False
         )
         steps.checked = (started, time.time_ns())
         return prepared
@@ -293,7 +293,7 @@ class EventConsumer:
         async def commit() -> list[Stored | RejectedError]:
             started = time.perf_counter()
             started_ns = time.time_ns()
-            outcomes = await self._ingestor.commit(prepared)
+            outcomes = await self._intake.commit(prepared)
             GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
             steps.stored = (started_ns, time.time_ns())
             return outcomes
@@ -301,7 +301,7 @@ class EventConsumer:
         try:
             outcomes = await self._outage.persist(commit, self._stopping)
         except StoreOutageError:  # stopping while the store is down
-            self._ingestor.discard(prepared)
+            self._intake.discard(prepared)
             await self._hand_back(msgs)
             return
         except Exception as exc:  # TransientError, or anything the store did not expect

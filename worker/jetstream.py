@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -23,6 +25,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError
 
 from contracts.subjects import EVENTS_CONSUMER, PATCHES_CONSUMER, Subjects
+from worker.errors import StoreOutageError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ DUPLICATE_WINDOW_S = 120.0
 
 NOT_CLUSTERED = 10074  # JSStreamReplicasNotSupportedErr: replicas > 1 on a single server
 PLACEMENT_WAIT_S = 30.0  # how long a cluster may take to place new streams at start-up
+SCAN_RETRIES = 5  # a scan's fetch refused (503: the consumer's leader not there yet) or timed out
+SCAN_RETRY_S = 0.5  # the first wait before a retry, doubled each time (0.5 + 1 + 2 + 4 + 8 s)
 
 
 class PlacementError(RuntimeError):
@@ -119,3 +124,25 @@ async def ensure_replicated(
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     """Create the durable consumer, or update it in place when its settings changed."""
     await js.add_consumer(stream, config)
+
+
+async def scan_fetch(
+    sub: JetStreamContext.PullSubscription, batch: int, timeout: float, stream: str
+) -> list[Msg]:
+    """One fetch of a one-off scan of ``stream`` (an audit's). A refusal or a timeout that
+    passes (a consumer just made on a cluster answers 503 until its leader is placed) is
+    retried a few times, then the store is out (``StoreOutageError``). A scan checks the
+    sequence of what it gets, so a message that a failed fetch dropped is not missed silently."""
+    wait = SCAN_RETRY_S
+    for attempt in range(SCAN_RETRIES + 1):
+        try:
+            return await sub.fetch(batch, timeout)
+        except (nats.errors.Error, TimeoutError) as exc:
+            if attempt == SCAN_RETRIES:
+                raise StoreOutageError(
+                    f"the scan of {stream} failed {attempt + 1} times: {exc!r}"
+                ) from exc
+            log.info("the scan of %s failed (%r); retrying in %s s", stream, exc, wait)
+            await asyncio.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")  # pragma: no cover

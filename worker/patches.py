@@ -27,7 +27,7 @@ from worker.consumer import IDLE_FETCH_S, DeadLetters, FetchFailures
 from worker.core import lifecycle
 from worker.core.ingest import describe_errors
 from worker.errors import RejectedError, StoreOutageError
-from worker.explain import Explanations
+from worker.explanations import Explanations
 from worker.logs import fields
 from worker.outage import Outage
 from worker.settings import Settings

@@ -15,6 +15,7 @@ from worker.app import Worker
 from worker.client import RunsApiError, RunsClient
 from worker.connection import ConnectError, connect_options
 from worker.demo import demo_events
+from worker.errors import TransientError
 from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
 from worker.output import Exit, Progress, UsageError, note
@@ -137,6 +138,9 @@ async def audit(args: argparse.Namespace, settings: Settings) -> int:
     except UsageError as exc:
         note(f"rmos-runs audit: {exc}")
         return Exit.USAGE
+    except TransientError as exc:  # the store failed while it was read: nothing is concluded
+        note(f"rmos-runs audit: the store could not be read, nothing was concluded: {exc}")
+        return Exit.API_ERROR
 
 
 async def _when_ready(

@@ -22,7 +22,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from worker import cli
-from worker.explain import Explanations
+from worker.explanations import Explanations
 from worker.store.durable import Flusher
 from worker.store.merkle_log import MerkleLog
 

@@ -21,7 +21,7 @@ from tests.support import event
 from worker.core.dead_letter import dead_letter
 from worker.core.ingest import build_artifact, check_event
 from worker.demo import demo_events
-from worker.explain import Explanations
+from worker.explanations import Explanations
 
 NOW = datetime(2026, 11, 24, 10, 0, 1, tzinfo=UTC)
 DOCUMENT = asyncapi()

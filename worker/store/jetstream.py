@@ -75,7 +75,7 @@ from contracts.transparency import leaf_record
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
 from worker.errors import StoreOutageError, TransientError, UnavailableError
-from worker.jetstream import PlacementError
+from worker.jetstream import PlacementError, scan_fetch
 from worker.store.base import BlobInfo, Created, NewRun, StoredRun
 from worker.store.index import Query, RunIndex
 from worker.store.merkle_log import Leaf, LogOutOfOrderError, MerkleLog
@@ -632,12 +632,8 @@ class JetStreamStore:
         total, delivered = info.num_pending or 0, 0  # the keys when the consumer was made
         try:
             while delivered < total:
-                try:
-                    msgs = await sub.fetch(min(SCAN_BATCH, total - delivered), SCAN_WAIT_S)
-                except (nats.errors.Error, TimeoutError) as exc:
-                    raise StoreOutageError(
-                        f"the scan of {self.runs_stream} failed: {exc!r}"
-                    ) from exc
+                batch = min(SCAN_BATCH, total - delivered)
+                msgs = await scan_fetch(sub, batch, SCAN_WAIT_S, self.runs_stream)
                 for msg in msgs:
                     if msg.metadata.sequence.consumer != delivered + 1:
                         raise TransientError(f"the scan of {self.runs_stream} lost messages")

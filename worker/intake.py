@@ -1,4 +1,4 @@
-"""Ingest a batch of event deliveries into the store: the one path for the stream and ``create``.
+"""The intake: event deliveries into the store by batches, the one path for events and ``create``.
 
 Pure checks come from ``worker.core.ingest``; this module adds what needs the store: attachment
 look-ups, the parent run, one group commit for the whole batch, and the idempotency rule (the run
@@ -51,7 +51,7 @@ class Prepared:
     artifacts: dict[str, dict[str, Any]]  # run id → the proposed artifact
 
 
-class Ingestor:
+class Intake:
     """Turns deliveries into durable artifacts or rejections, a batch at a time."""
 
     def __init__(
