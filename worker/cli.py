@@ -61,8 +61,23 @@ def _parser() -> argparse.ArgumentParser:
         "--store", choices=["files", "jetstream"], help="where runs live (env RMOS_STORE)"
     )
 
-    explainer = commands.add_parser("explainer", help="run the reference explainer service")
+    explainer = commands.add_parser(
+        "explainer", help="run an explainer service: the reference one, or --model's"
+    )
     _common(explainer)
+    explainer.add_argument(
+        "--model",
+        dest="explainer_model",
+        metavar="PACKAGE.MODULE:ATTR",
+        help="the explain function, object or class (env RMOS_EXPLAINER_MODEL; default: "
+        "the reference explainer, worker.reference:RuleExplainer)",
+    )
+    explainer.add_argument(
+        "--concurrency",
+        dest="explainer_concurrency",
+        type=int,
+        help="explanations at once (env RMOS_EXPLAINER_CONCURRENCY, default 4)",
+    )
 
     reindex = commands.add_parser("reindex", help="rebuild the list index from the artifacts")
     reindex.add_argument("--data-dir", type=Path, help="data directory (env RMOS_DATA_DIR)")
@@ -195,7 +210,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         overrides["nats_url"] = args.nats_url
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
-    for name in ("processes", "store"):
+    for name in ("processes", "store", "explainer_model", "explainer_concurrency"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     return Settings(**overrides)

@@ -10,13 +10,13 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from worker import explainer as sdk
 from worker import multiproc
 from worker.app import Worker
 from worker.client import RunsApiError, RunsClient
 from worker.connection import ConnectError, connect_options
 from worker.demo import demo_events
 from worker.errors import TransientError
-from worker.explainer import ReferenceExplainer
 from worker.nats_server import NatsServer
 from worker.output import Exit, Progress, UsageError, note
 from worker.processes import Siblings
@@ -69,15 +69,15 @@ def resolve_url(settings: Settings) -> str:
 
 
 async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool = False) -> int:
-    """The worker (and its sibling processes); with ``explainer``, the reference explainer in
-    the same process."""
+    """The worker (and its sibling processes); with ``explainer``, the explainer the settings
+    name (the reference one by default) in the same process."""
     async with nats_endpoint(settings) as url:
         worker = Worker(settings, url)
         siblings = Siblings(settings, url, settings.processes - 1)
         worker.health.siblings = siblings.pids
         worker.on_stopping.append(siblings.terminate)
         await siblings.start(on_exit=worker.stop)
-        started: list[ReferenceExplainer] = []
+        started: list[sdk.Explainer] = []
         helpers: list[asyncio.Task[None]] = []
         if demo or explainer:  # only then: the worker role needs no api.get
             helpers.append(
@@ -93,18 +93,33 @@ async def run_worker(settings: Settings, *, demo: bool = False, explainer: bool 
             elif isinstance(outcome, Exception):
                 log.error("demo or explainer start failed: %r", outcome)
         for explaining in started:
-            await explaining.app.stop()
+            await explaining.stop()
         code = max(code, await siblings.wait())
         multiproc.finish()  # the group's metrics directory, once every sibling is gone
         return code
 
 
 async def run_explainer(settings: Settings) -> int:
-    """The reference explainer; 1 (and one line) when NATS cannot be reached in time."""
-    options = connect_options(settings, "explainer", resolve_url(settings))
-    return await ReferenceExplainer(
-        options, settings.subjects, connect_timeout=settings.connect_timeout_s
-    ).run()
+    """The explainer service the settings name; 2 when ``--model`` names nothing that can
+    explain, 4 (and one line) when NATS cannot be reached in time."""
+    try:
+        return await explainer_for(settings, resolve_url(settings)).run()
+    except sdk.ModelError as exc:
+        note(f"rmos-runs explainer: {exc}")
+        return Exit.USAGE
+
+
+def explainer_for(settings: Settings, url: str) -> sdk.Explainer:
+    """The explainer of ``RMOS_EXPLAINER_MODEL`` with the settings' connection and limits."""
+    return sdk.Explainer(
+        sdk.load(settings.explainer_model),
+        connect_options(settings, "explainer", url),
+        settings.subjects,
+        concurrency=settings.explainer_concurrency,
+        timeout=settings.explainer_timeout_s,
+        graceful_timeout=settings.graceful_timeout_s,
+        connect_timeout=settings.connect_timeout_s,
+    )
 
 
 def reindex(settings: Settings) -> int:
@@ -144,7 +159,7 @@ async def audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _when_ready(
-    settings: Settings, url: str, started: list[ReferenceExplainer], demo: bool, explainer: bool
+    settings: Settings, url: str, started: list[sdk.Explainer], demo: bool, explainer: bool
 ) -> None:
     """Once the worker answers ``api.get``: start the explainer, publish the demo events."""
     async with await RunsClient.from_settings(settings, "worker-helper", url=url) as client:
@@ -156,15 +171,9 @@ async def _when_ready(
             except Exception:
                 await asyncio.sleep(0.1)
         if explainer:
-            started.append(
-                ReferenceExplainer(
-                    connect_options(settings, "explainer", url),
-                    settings.subjects,
-                    connect_timeout=settings.connect_timeout_s,
-                )
-            )
-            await started[-1].app.start()
-            log.info("reference explainer running")
+            started.append(explainer_for(settings, url))
+            await started[-1].start()
+            log.info("explainer %s running", settings.explainer_model)
         if demo:
             await _publish_demo(client)
 

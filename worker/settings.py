@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     explain_max_attempts: int = Field(
         default=3, ge=1, description="requests per explanation before it is set ERROR timed out"
     )
+    explainer_model: str = Field(
+        default="worker.reference:RuleExplainer",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="what `rmos-runs explainer` runs: package.module:attr (worker.explainer)",
+    )
+    explainer_concurrency: int = Field(
+        default=4, ge=1, description="explanations one explainer process works on at once"
+    )
+    explainer_timeout_s: float = Field(
+        default=120.0, gt=0, description="an explanation not made by then is patched ERROR"
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=1,

@@ -20,8 +20,9 @@ from tests.support import event, eventually
 from worker import tracing
 from worker.app import Worker
 from worker.client import RunsClient
-from worker.explainer import ReferenceExplainer
+from worker.explainer import Explainer
 from worker.nats_server import NatsServer
+from worker.reference import RuleExplainer
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -36,14 +37,14 @@ async def pipeline(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Non
     """A worker and the reference explainer, in this process."""
     settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data")
     worker = Worker(settings, nats_server.url)
-    explainer = ReferenceExplainer(nats_server.url, Subjects())
+    explainer = Explainer(RuleExplainer(), nats_server.url, Subjects())
     await worker.app.start()
-    await explainer.app.start()
+    await explainer.start()
     EXPORTER.clear()
     try:
         yield
     finally:
-        await explainer.app.stop()
+        await explainer.stop()
         await worker.app.stop()
 
 
