@@ -54,21 +54,20 @@ from nats.js.api import PubAck
 
 from contracts.canonical import derive_run_id
 from contracts.subjects import EVENTS_CONSUMER
-from worker.client import RunsApiError, RunsClient
+from worker.client import RunsClient
 from worker.connection import servers
 from worker.core.ingest import build_artifact, check_event
 from worker.core.timefmt import utc_text
 from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
 from worker.nats_server import NatsServer
-from worker.processes import die_with_parent
 from worker.settings import Settings
 from worker.store.base import NewRun
 from worker.store.files import FileStore
+from worker.testing import WorkerExited, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TMP_PARENT = ROOT / ".bench-tmp"
 SOURCE = "bench-engine"
-PROBE_RUN = "run_" + "0" * 32
 SETTINGS = Settings()  # the worker's defaults: batch size, consumer config
 SUBJECTS = SETTINGS.subjects
 STREAM = SUBJECTS.events_stream
@@ -285,105 +284,24 @@ def median(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------------- processes
 
 
-class WorkerProc:
-    """``python -m worker.cli worker`` as a child process, its output in a log file; ``env``
-    adds to (or overrides) the environment it inherits, e.g. ``RMOS_STORE``."""
+READY_TIMEOUT = 60.0  # spawn -> every process of the worker ready
 
-    def __init__(
-        self,
-        url: str,
-        data_dir: Path,
-        log_path: Path,
-        processes: int = 1,
-        env: Mapping[str, str] | None = None,
-        module: str = "worker.cli",
-    ) -> None:
-        self.url = url
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.processes = processes
-        self.env = dict(env or {})
-        self.module = module  # bench/log_bench.py runs a worker without the Merkle log
-        self.proc: asyncio.subprocess.Process | None = None
-        self.started = 0.0
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
+def cpu_pids(worker: WorkerProcess) -> dict[str, int | None]:
+    """The processes whose CPU is the worker's, for ``CpuMeter``: the first (``worker``), then
+    its siblings (``worker2``, ...) once it has started them."""
+    pids: dict[str, int | None] = {"worker": worker.pid}
+    pids.update({f"worker{i}": pid for i, pid in enumerate(worker.pids()[1:], 2)})
+    return pids
 
-    async def start(self) -> None:
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "RMOS_PROCESSES": str(self.processes),
-            **self.env,
-        }
-        with self.log_path.open("ab") as log:
-            self.started = time.perf_counter()
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, "worker",
-                "--nats-url", self.url, "--data-dir", str(self.data_dir),
-                stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-                env=env, cwd=ROOT, preexec_fn=die_with_parent,
-            )  # fmt: skip
 
-    def cpu_pids(self) -> dict[str, int | None]:
-        """The processes whose CPU is the worker's: the first, then its siblings (once up)."""
-        pids: dict[str, int | None] = {"worker": self.pid}
-        with contextlib.suppress(OSError):
-            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
-            pids.update({f"worker{i}": int(pid) for i, pid in enumerate(children, 2)})
-        return pids
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.returncode is not None:
-            raise BenchError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-
-    async def wait_ready(self, client: RunsClient, timeout: float = 60.0) -> float:
-        """Seconds from spawn until the worker answers ``api.get`` (CONTRACT section 0) and
-        each of its processes said it is ready."""
-        deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            self.check_alive()
-            try:
-                await client.request("get", {"run_id": PROBE_RUN})
-            except RunsApiError:
-                if self.ready_lines() >= self.processes:
-                    return time.perf_counter() - self.started
-                await asyncio.sleep(0.05)
-            except (nats.errors.Error, TimeoutError):
-                await asyncio.sleep(0.05)
-        raise BenchError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
-
-    async def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                print(f"  ! worker ignored SIGTERM for {timeout}s: killed", flush=True)
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode
-
-    def ready_lines(self) -> int:
-        return self.log_path.read_text(errors="replace").count("rmos-runs worker ready")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        if not self.log_path.exists():
-            return "(no worker log)"
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def problems(self) -> list[str]:
-        """Log lines at WARNING or above, and traceback heads."""
-        if not self.log_path.exists():
-            return []
-        pattern = re.compile(r" (WARNING|ERROR|CRITICAL) |^Traceback")
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [line for line in lines if pattern.search(line)]
+def problems(worker: WorkerProcess) -> list[str]:
+    """The worker's log lines at WARNING or above, and traceback heads."""
+    if not worker.log_path.exists():
+        return []
+    pattern = re.compile(r" (WARNING|ERROR|CRITICAL) |^Traceback")
+    lines = worker.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if pattern.search(line)]
 
 
 @contextlib.asynccontextmanager
@@ -417,10 +335,10 @@ class Findings:
     exit_codes: list[int | None] = field(default_factory=list)
     stop_s: list[float] = field(default_factory=list)
 
-    def add(self, worker: WorkerProc, code: int | None, stop_s: float) -> None:
+    def add(self, worker: WorkerProcess, code: int | None, stop_s: float) -> None:
         self.exit_codes.append(code)
         self.stop_s.append(stop_s)
-        for line in worker.problems():
+        for line in problems(worker):
             # strip the timestamp so that repeats count together
             self.lines[re.sub(r"^\S+ \S+ ", "", line)[:300]] += 1
 
@@ -436,8 +354,14 @@ async def running_worker(
     processes: int = 1,
     env: Mapping[str, str] | None = None,
     module: str = "worker.cli",
-) -> AsyncIterator[WorkerProc]:
-    worker = WorkerProc(url, data_dir, log_path, processes, env, module)
+) -> AsyncIterator[WorkerProcess]:
+    """``worker.testing.WorkerProcess`` started (not waited for: ``wait_ready``), a group of
+    ``processes``, tied to this process's life; ``env`` adds to the inherited environment (e.g.
+    ``RMOS_STORE``), ``module`` another entry point (``bench/log_bench.py``'s unlogged worker)."""
+    worker = WorkerProcess(
+        url, data_dir, env, module, ROOT, log_path=log_path, processes=processes,
+        die_with_parent=True,
+    )  # fmt: skip
     await worker.start()
     ok = False
     try:
@@ -446,9 +370,11 @@ async def running_worker(
     finally:
         started = time.perf_counter()
         code = await worker.stop()
+        if code == -signal.SIGKILL:
+            print("  ! worker ignored SIGTERM for 30s: killed", flush=True)
         FINDINGS.add(worker, code, time.perf_counter() - started)
         if not ok:
-            print(f"  ! worker log tail ({log_path}):\n{worker.log_tail()}", flush=True)
+            print(f"  ! worker log tail ({log_path}):\n{worker.log(4000)}", flush=True)
 
 
 # ------------------------------------------------------------------------------------ publishing
@@ -490,7 +416,7 @@ async def wait_settled(js: JetStreamContext, last_seq: int, timeout: float, poll
             await asyncio.sleep(poll)
 
 
-async def first_delivery(js: JetStreamContext, worker: WorkerProc, timeout: float) -> float:
+async def first_delivery(js: JetStreamContext, worker: WorkerProcess, timeout: float) -> float:
     """``perf_counter()`` when the consumer first delivered a message (polled every 5 ms)."""
     async with asyncio.timeout(timeout):
         while True:
@@ -672,7 +598,7 @@ async def ingest_rep(
         connection(server.url) as nc,
     ):
         client = RunsClient(nc, SUBJECTS, timeout=5.0)
-        extra["ready s"] = await worker.wait_ready(client)
+        extra["ready s"] = await worker.wait_ready(client, READY_TIMEOUT)
         rep = await flood(cfg, nc, server, worker, events, work)
         rep.extra = {**extra, **rep.extra}
         if not stored and processes == 1 and cfg.trickle:
@@ -688,14 +614,14 @@ async def flood(
     cfg: Config,
     nc: Client,
     server: NatsServer,
-    worker: WorkerProc,
+    worker: WorkerProcess,
     events: Sequence[Prepared],
     work: Path,
 ) -> Rep:
     """Publish everything at once; time it until the last run file is durable and acked."""
     counter = SyncfsCounter(worker.pid if worker.processes == 1 else None, work / "perf-sync.csv")
     await counter.start()
-    meter = CpuMeter({**worker.cpu_pids(), "nats": server.pid, "bench": os.getpid()})
+    meter = CpuMeter({**cpu_pids(worker), "nats": server.pid, "bench": os.getpid()})
     meter.start()
     started = time.perf_counter()
     sent_ns, last_seq = await publish_all(nc, events, cfg.in_flight, cfg.ingest_timeout())
@@ -704,7 +630,7 @@ async def flood(
         ended = await wait_settled(nc.jetstream(), last_seq, cfg.ingest_timeout(), poll=0.01)
     except TimeoutError:
         worker.check_alive()
-        raise BenchError(f"worker did not settle:\n{worker.log_tail()}") from None
+        raise BenchError(f"worker did not settle:\n{worker.log(4000)}") from None
     used = meter.stop()
     syncfs = await counter.stop()
     await all_files(worker.data_dir, events, 10.0)
@@ -783,13 +709,13 @@ async def backlog_rep(
             server.url, data_dir, log_path, processes, module=module
         ) as worker:
             started = await first_delivery(js, worker, 60.0)
-            meter = CpuMeter({**worker.cpu_pids(), "nats": server.pid, "bench": os.getpid()})
+            meter = CpuMeter({**cpu_pids(worker), "nats": server.pid, "bench": os.getpid()})
             meter.start()
             try:
                 ended = await wait_settled(js, last_seq, cfg.ingest_timeout(), poll=0.01)
             except TimeoutError:
                 worker.check_alive()
-                raise BenchError(f"worker did not settle:\n{worker.log_tail()}") from None
+                raise BenchError(f"worker did not settle:\n{worker.log(4000)}") from None
             used = meter.stop()
             await all_files(data_dir, events, 10.0)
     wall = ended - started
@@ -824,7 +750,7 @@ async def profile_rep(cfg: Config, work: Path, events: Sequence[Prepared]) -> No
         running_worker(server.url, work / "data", work / "worker.log") as worker,
         connection(server.url) as nc,
     ):
-        await worker.wait_ready(RunsClient(nc, SUBJECTS))
+        await worker.wait_ready(RunsClient(nc, SUBJECTS), READY_TIMEOUT)
         spy = await asyncio.create_subprocess_exec(
             py_spy, "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "250",
             "--nonblocking", "--threads", "--idle", "--output", str(out),
@@ -1078,7 +1004,7 @@ async def main(cfg: Config) -> int:
             work.mkdir()
             await profile_rep(cfg, work, prepare("profile", cfg.events, cfg.integral_floats))
         print_report(res, cfg)
-    except BenchError as exc:
+    except (BenchError, WorkerExited) as exc:
         print(f"\nFAILED: {exc}", flush=True)
         print_findings()
         return 1

@@ -48,15 +48,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import nats.errors
-
 from contracts.api import ListRequest
 from worker.api import to_query
 from worker.client import RunsApiError, RunsClient
 from worker.core.timefmt import utc_text
 from worker.nats_server import NatsServer
-from worker.processes import die_with_parent
 from worker.store.index import SUMMARY, Query, RunIndex, _where
+from worker.testing import PROBE_RUN, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TMP_PARENT = ROOT / ".bench-tmp"
@@ -65,7 +63,6 @@ CHUNK = 10_000
 START = datetime(2026, 3, 1, tzinfo=UTC)
 DAYS = 30
 SPAN_US = DAYS * 86_400 * 1_000_000
-PROBE_RUN = "run_" + "0" * 32
 BUSY = 0.3  # cores used by the rest of the machine above which a figure is suspect
 
 # --- the synthetic population ----------------------------------------------------------------
@@ -531,48 +528,6 @@ def bench_size(tmp: Path, size: int, args: argparse.Namespace) -> None:
 # --- the API overhead, end to end ------------------------------------------------------------
 
 
-async def start_worker(url: str, data_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RMOS_NATS_URL", None)
-    with log_path.open("ab") as log:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.cli", "worker", "--nats-url", url,
-            "--data-dir", str(data_dir), stdout=log, stderr=log,
-            stdin=asyncio.subprocess.DEVNULL, env=env, cwd=ROOT, preexec_fn=die_with_parent,
-        )  # fmt: skip
-
-
-def tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-
-async def wait_ready(
-    client: RunsClient, proc: asyncio.subprocess.Process, log_path: Path, timeout: float
-) -> None:
-    """Ready = ``get`` answers (RUN_NOT_FOUND for the probe run)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise RuntimeError(f"worker exited {proc.returncode}: {tail(log_path)}")
-        try:
-            await client.request("get", {"run_id": PROBE_RUN})
-        except RunsApiError:
-            return
-        except (nats.errors.Error, TimeoutError):
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"worker not ready after {timeout}s: {tail(log_path)}")
-
-
-async def stop_worker(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), 30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-
-
 def run_event(k: int, rng: random.Random) -> dict[str, Any]:
     status = rng.choices(["OK", "BLOCKED", "ERROR"], [70, 25, 5])[0]
     risk = {"OK": "GREEN", "BLOCKED": "RED", "ERROR": "UNKNOWN"}[status]
@@ -626,15 +581,18 @@ async def api_calls(
 async def api_overhead(tmp: Path, runs: int, calls: int, quiet: float) -> None:
     print(f"\n== API overhead: nats-server + worker subprocess, {runs} runs ==", flush=True)
     server = NatsServer(tmp / "nats")
-    log_path = tmp / "worker.log"
-    proc: asyncio.subprocess.Process | None = None
+    worker: WorkerProcess | None = None
     client: RunsClient | None = None
     index = RunIndex(tmp / "worker-data" / "index.sqlite")
     try:
         url = await server.start()
-        proc = await start_worker(url, tmp / "worker-data", log_path)
+        log_path = tmp / "worker.log"
+        worker = WorkerProcess(
+            url, tmp / "worker-data", cwd=ROOT, log_path=log_path, die_with_parent=True
+        )
+        await worker.start()
         client = await RunsClient.connect(url, timeout=10)
-        await wait_ready(client, proc, log_path, timeout=60)
+        await worker.wait_ready(client, timeout=60)
         rng = random.Random(7)
         t0 = time.perf_counter_ns()
         for k in range(runs):
@@ -643,15 +601,16 @@ async def api_overhead(tmp: Path, runs: int, calls: int, quiet: float) -> None:
         print(f"  {runs} creates, one at a time: {made:.2f} ms each on average", flush=True)
         index.open()
         print("  " + await asyncio.to_thread(wait_quiet, quiet), flush=True)
-        mark = cpu_mark([proc.pid, server.pid])
+        pids = [*worker.pids(), server.pid]
+        mark = cpu_mark(pids)
         results = await api_calls(client, index, calls)
-        others = others_cores(mark, cpu_mark([proc.pid, server.pid]))
+        others = others_cores(mark, cpu_mark(pids))
     finally:
         index.close()
         if client is not None:
             await client.close()
-        if proc is not None:
-            await stop_worker(proc)
+        if worker is not None:
+            await worker.stop()
         await server.stop()
     print(f"  ({load_note(others)}, not counting the worker and nats-server)")
     for name, values in results:

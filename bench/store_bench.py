@@ -59,6 +59,7 @@ from typing import Any
 
 import nats.errors
 from ingest_bench import (
+    READY_TIMEOUT,
     SETTINGS,
     SOURCE,
     STREAM,
@@ -68,7 +69,6 @@ from ingest_bench import (
     CpuMeter,
     Prepared,
     Rep,
-    WorkerProc,
     all_files,
     bare_consume,
     bounded,
@@ -102,6 +102,7 @@ from worker.nats_cluster import NatsCluster, free_port
 from worker.nats_server import NatsServer
 from worker.store.jetstream import EXPECTED_LAST_SUBJECT_SEQ, JetStreamStore
 from worker.store.revisions import encode
+from worker.testing import WorkerExited, WorkerProcess
 
 RUNS_BUCKET = f"{SUBJECTS.stream_prefix}_RUNS"
 RUNS_STREAM = f"KV_{RUNS_BUCKET}"
@@ -230,7 +231,7 @@ async def ingest_rep(cfg: Config, work: Path, variant: Variant, events: Sequence
         connection(srv.url) as nc,
     ):
         client = RunsClient(nc, SUBJECTS, timeout=10.0)
-        ready_s = await worker.wait_ready(client)
+        ready_s = await worker.wait_ready(client, READY_TIMEOUT)
         meter = CpuMeter({"worker": worker.pid, **srv.pids, "bench": os.getpid()})
         meter.start()
         started = time.perf_counter()
@@ -240,7 +241,7 @@ async def ingest_rep(cfg: Config, work: Path, variant: Variant, events: Sequence
             ended = await wait_settled(nc.jetstream(), last_seq, cfg.ingest_timeout(), poll=0.01)
         except TimeoutError:
             worker.check_alive()
-            raise BenchError(f"worker did not settle:\n{worker.log_tail()}") from None
+            raise BenchError(f"worker did not settle:\n{worker.log(4000)}") from None
         used = nats_summed(meter.stop(), srv.pids)
         await check_stored(client, worker, variant, events)
         if variant.clustered:
@@ -260,7 +261,7 @@ async def ingest_rep(cfg: Config, work: Path, variant: Variant, events: Sequence
 
 
 async def check_stored(
-    client: RunsClient, worker: WorkerProc, variant: Variant, events: Sequence[Prepared]
+    client: RunsClient, worker: WorkerProcess, variant: Variant, events: Sequence[Prepared]
 ) -> None:
     """Every event is a stored run (files: its file; jetstream: a key each) and none died."""
     if dead := await dlq_count(client.js):
@@ -349,7 +350,7 @@ class Rebuild:
 
 
 async def wait_rebuilt(
-    client: RunsClient, worker: WorkerProc, newest: str, timeout: float
+    client: RunsClient, worker: WorkerProcess, newest: str, timeout: float
 ) -> Rebuild:
     """Poll ``list(limit=1)`` every 50 ms from the worker's spawn until it shows ``newest``."""
     out = Rebuild()
@@ -366,13 +367,13 @@ async def wait_rebuilt(
                 pass  # not subscribed yet
             else:
                 if page.items and page.items[0].run_id == newest:
-                    out.listed_s = time.perf_counter() - worker.started
+                    out.listed_s = time.perf_counter() - worker.spawned_at
                     return out
                 out.early_ok += 1
                 if out.first_early_items < 0:
                     out.first_early_items = len(page.items)
             if math.isnan(out.ready_s) and (out.unavailable or out.early_ok):
-                out.ready_s = time.perf_counter() - worker.started
+                out.ready_s = time.perf_counter() - worker.spawned_at
             await asyncio.sleep(0.05)
 
 
@@ -678,7 +679,7 @@ async def lag_rep(cfg: Config, work: Path, rep: int) -> dict[str, float]:
             worker = await stack.enter_async_context(
                 running_worker(url, work / name, work / f"{name}.log", env=env)
             )
-            await worker.wait_ready(client)
+            await worker.wait_ready(client, READY_TIMEOUT)
             workers.append(worker)
         before = [await scrape(port) for port in ports]
         index = IndexWatch(workers[1].data_dir / "index.sqlite", probes)
@@ -878,7 +879,7 @@ async def main(cfg: Config) -> int:
             print("\n3. projection lag under a flood")
             await lag_phase(cfg, tmp, res)
         print_report(cfg, res)
-    except (BenchError, RunsApiError) as exc:
+    except (BenchError, RunsApiError, WorkerExited) as exc:
         print(f"\nFAILED: {exc}", flush=True)
         print_findings()
         return 1
