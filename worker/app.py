@@ -24,7 +24,8 @@ from worker.api import Api
 from worker.broker import Broker
 from worker.checkpoints import Checkpoints
 from worker.connection import ConnectError, connect_options, connector
-from worker.consumer import DeadLetters, EventConsumer, MaxDeliveriesWatcher
+from worker.consumer import EventConsumer
+from worker.delivery import DeadLetters, MaxDeliveriesWatcher
 from worker.errors import TransientError
 from worker.explanations import Explanations
 from worker.intake import Intake

@@ -1,14 +1,9 @@
 """The events consumer: pull a batch, ingest it with one group commit, then settle each message.
 
-This is the one place where outcomes become JetStream acknowledgements:
-
-    Stored (new or duplicate)        ack, after the batch is durable (and a due explanation
-                                     request is published)
-    RejectedError                    dead letter (awaiting its PubAck), then term
-    StoreOutageError                 held and kept alive, the same write retried until the store
-                                     works (``worker.outage``); no delivery is spent
-    TransientError / a failed DLQ    nak with a delay growing with the delivery count
-    ... on the last allowed delivery dead letter MAX_DELIVERIES, then term
+A stored run (new or duplicate) is acked once the batch is durable and its due explanation
+request is published; while the store is down as a whole the batch is held and kept alive, the
+same write retried until the store works (``worker.outage``), no delivery spent; every other
+outcome is settled by the delivery policy (``worker.delivery``: dead letter, hand back, retry).
 
 The pull loop is our own rather than FastStream's batch ``PullSub``: that one waits until a batch
 is full or its timeout passes, so a lone event either waits the whole timeout or the consumer polls
@@ -22,24 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import nats.errors
-from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from contracts.codes import DeadLetterCode
 from contracts.subjects import EVENTS_CONSUMER
 from worker import tracing
-from worker.core.dead_letter import dead_letter, dead_letter_msg_id
-from worker.core.timefmt import utc_now
+from worker.delivery import (
+    IDLE_FETCH_S,
+    Action,
+    DeadLetters,
+    FetchFailures,
+    settle_failure,
+    together,
+)
 from worker.errors import RejectedError, StoreOutageError
 from worker.explanations import Explanations
 from worker.intake import Delivery, Intake, Prepared, Stored
@@ -47,7 +43,6 @@ from worker.logs import fields
 from worker.metrics import (
     ACK_LATENCY,
     BATCH_SIZE,
-    DEAD_LETTERS,
     EVENTS_DEAD_LETTERED,
     EVENTS_DUPLICATE,
     EVENTS_RETRIED,
@@ -60,86 +55,6 @@ from worker.outage import Outage
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-IDLE_FETCH_S = 1.0  # how long one idle fetch waits; also bounds how long stop() waits for it
-FETCH_RETRY_S = 0.5  # after a fetch that failed (not one that found nothing)
-
-
-class DeadLetters:
-    """Publishes dead letters with JetStream; returns once the DLQ stream has stored them."""
-
-    def __init__(
-        self, broker: NatsBroker, settings: Settings, clock: Callable[[], datetime] = utc_now
-    ) -> None:
-        self._broker = broker
-        self._settings = settings
-        self._subjects = settings.subjects
-        self._timeout = settings.publish_timeout_s
-        self._clock = clock
-
-    async def send(
-        self,
-        *,
-        code: str,
-        detail: str,
-        subject: str,
-        headers: dict[str, str],
-        payload: bytes,
-        stream: str,
-        stream_seq: int | None,
-        deliveries: int | None,
-    ) -> None:
-        body = dead_letter(
-            code=code,
-            detail=detail,
-            subject=subject,
-            headers=headers,
-            payload=payload,
-            stream_seq=stream_seq,
-            deliveries=deliveries,
-            now=self._clock(),
-        )
-        await self._broker.publish(
-            json.dumps(body).encode(),
-            self._subjects.dead_letter(code),
-            headers={
-                "Nats-Msg-Id": dead_letter_msg_id(stream, stream_seq, payload),
-                "content-type": "application/json",
-            },
-            stream=self._subjects.dlq_stream,
-            timeout=self._timeout,
-        )
-        DEAD_LETTERS.labels(code).inc()
-
-    async def retry(self, msg: Msg, exc: BaseException) -> None:
-        """Nak with a growing delay; on the last allowed delivery, dead-letter instead."""
-        delivered = msg.metadata.num_delivered
-        if delivered >= self._settings.max_deliver:
-            detail = f"failed on all {delivered} deliveries; last error: {exc!r}"
-            try:
-                await self.send_for(msg, DeadLetterCode.MAX_DELIVERIES, detail)
-            except Exception:
-                log.exception(
-                    "MAX_DELIVERIES dead letter not stored; the advisory will retry it",
-                    extra=fields(stream_seq=msg.metadata.sequence.stream),
-                )
-                return
-            await msg.term()
-            return
-        await msg.nak(delay=nak_delay(delivered, self._settings))
-
-    async def send_for(self, msg: Msg, code: str, detail: str) -> None:
-        """Dead-letter a message delivered by JetStream."""
-        meta = msg.metadata
-        await self.send(
-            code=code,
-            detail=detail,
-            subject=msg.subject,
-            headers=dict(msg.headers or {}),
-            payload=msg.data,
-            stream=meta.stream,
-            stream_seq=meta.sequence.stream,
-            deliveries=meta.num_delivered,
-        )
 
 
 class EventConsumer:
@@ -225,18 +140,15 @@ class EventConsumer:
         self, msgs: Sequence[Msg], committing: asyncio.Task[None] | None, steps: Steps
     ) -> Prepared | None:
         """The prepared batch; None when it failed and was handled the careful way instead."""
-        failure: Exception | None = None
         try:
             return await self._prepared(msgs, steps)
-        except StoreOutageError:  # stopping while the store is down
-            pass
         except Exception as exc:
             failure = exc
         if committing is not None:  # keep commits in stream order
             await committing
         try:
-            if failure is None:
-                await self._hand_back(msgs)
+            if isinstance(failure, StoreOutageError):  # stopping while the store is down
+                await self._hand_back(msgs, failure)
             else:
                 await self._isolate(msgs, failure)
         finally:
@@ -257,18 +169,18 @@ class EventConsumer:
         steps = Steps(time.time_ns(), size=len(msgs))
         try:
             prepared = await self._prepared(msgs, steps)
-        except StoreOutageError:
-            await self._hand_back(msgs)
+        except StoreOutageError as outage:
+            await self._hand_back(msgs, outage)
             return
         except Exception as exc:
             await self._isolate(msgs, exc)
             return
         await self._commit(msgs, prepared, steps)
 
-    async def _hand_back(self, msgs: Sequence[Msg]) -> None:
-        """Stopping while the store is down: nak without a delay, for whoever runs next."""
+    async def _hand_back(self, msgs: Sequence[Msg], outage: StoreOutageError) -> None:
+        """Stopping while the store is down: handed back at once, for whoever runs next."""
         log.warning("stopping during a store outage: %d events handed back", len(msgs))
-        await together(m.nak() for m in msgs)
+        await together(settle_failure(m, outage, self._dead_letters) for m in msgs)
 
     async def _isolate(self, msgs: Sequence[Msg], exc: Exception) -> None:
         """A batch that could not be prepared: one by one, so one bad event cannot sink the
@@ -281,7 +193,7 @@ class EventConsumer:
         seq = msgs[0].metadata.sequence.stream
         log.error("event at stream seq %s failed", seq, exc_info=exc, extra=fields(stream_seq=seq))
         EVENTS_RETRIED.inc()
-        await together([self._dead_letters.retry(msgs[0], exc)])
+        await settle_failure(msgs[0], exc, self._dead_letters)
 
     async def _commit(self, msgs: Sequence[Msg], prepared: Prepared, steps: Steps) -> None:
         try:
@@ -300,14 +212,14 @@ class EventConsumer:
 
         try:
             outcomes = await self._outage.persist(commit, self._stopping)
-        except StoreOutageError:  # stopping while the store is down
+        except StoreOutageError as outage:  # stopping while the store is down
             self._intake.discard(prepared)
-            await self._hand_back(msgs)
+            await self._hand_back(msgs, outage)
             return
         except Exception as exc:  # TransientError, or anything the store did not expect
             log.warning("batch of %d not stored: %s", len(msgs), exc)
             EVENTS_RETRIED.inc(len(msgs))
-            await together(self._dead_letters.retry(m, exc) for m in msgs)
+            await together(settle_failure(m, exc, self._dead_letters) for m in msgs)
             return
         GROUP_COMMITS.inc()
         BATCH_SIZE.observe(len(msgs))
@@ -330,22 +242,23 @@ class EventConsumer:
             await self._settled(msg, outcome)
 
     async def _settled(self, msg: Msg, outcome: Stored | RejectedError) -> None:
-        try:
-            if isinstance(outcome, Stored):  # its explanation request goes out before the ack
+        seq = msg.metadata.sequence.stream
+        if isinstance(outcome, Stored):  # its explanation request goes out before the ack
+            try:
                 await self._explanations.announce_created(outcome.run)
                 await msg.ack()
-                (EVENTS_DUPLICATE if outcome.duplicate else EVENTS_STORED).inc()
-                # From when JetStream stored it (the server's clock) to its ack, once durable.
-                ACK_LATENCY.observe(max(time.time() - msg.metadata.timestamp.timestamp(), 0.0))
+            except Exception as exc:
+                log.warning("publish for seq %s failed: %s", seq, exc, extra=fields(stream_seq=seq))
+                EVENTS_RETRIED.inc()
+                await settle_failure(msg, exc, self._dead_letters)
                 return
-            await self._dead_letters.send_for(msg, outcome.code, outcome.detail)
-        except Exception as exc:
-            seq = msg.metadata.sequence.stream
-            log.warning("publish for seq %s failed: %s", seq, exc, extra=fields(stream_seq=seq))
-            EVENTS_RETRIED.inc()
-            await self._dead_letters.retry(msg, exc)
+            (EVENTS_DUPLICATE if outcome.duplicate else EVENTS_STORED).inc()
+            # From when JetStream stored it (the server's clock) to its ack, once durable.
+            ACK_LATENCY.observe(max(time.time() - msg.metadata.timestamp.timestamp(), 0.0))
             return
-        seq = msg.metadata.sequence.stream
+        if await settle_failure(msg, outcome, self._dead_letters) is not Action.DEAD_LETTER:
+            EVENTS_RETRIED.inc()
+            return
         log.info(
             "dead-lettered seq %s: %s",
             seq,
@@ -353,7 +266,6 @@ class EventConsumer:
             extra=fields(stream_seq=seq, code=outcome.code),
         )
         EVENTS_DEAD_LETTERED.inc()
-        await msg.term()
 
 
 @dataclass(slots=True)
@@ -366,71 +278,5 @@ class Steps:
     size: int = 0
 
 
-class FetchFailures:
-    """Fetches failing in a row (NATS reconnecting, a consumer without a leader): the first is
-    a warning, the others debug lines, and the next fetch that works says so once."""
-
-    def __init__(self, consumer: str) -> None:
-        self._consumer = consumer
-        self._count = 0
-
-    async def failed(self, exc: Exception) -> None:
-        level = logging.WARNING if self._count == 0 else logging.DEBUG
-        log.log(
-            level, "%s fetch failed (%s); retrying every %s s", self._consumer, exc, FETCH_RETRY_S
-        )
-        self._count += 1
-        await asyncio.sleep(FETCH_RETRY_S)
-
-    def worked(self) -> None:
-        if self._count:
-            log.info("%s fetch works again, after %d failures", self._consumer, self._count)
-            self._count = 0
-
-
 def _deliveries(msgs: Sequence[Msg]) -> list[Delivery]:
     return [Delivery(m.data, m.subject.rpartition(".")[2], m.metadata.timestamp) for m in msgs]
-
-
-async def together(settlements: Iterable[Awaitable[None]]) -> None:
-    """Send acks, naks and terms concurrently; one that fails is redelivered after ack_wait."""
-    for error in await asyncio.gather(*settlements, return_exceptions=True):
-        if error is not None:
-            log.warning("a message could not be settled and will be redelivered: %r", error)
-
-
-def nak_delay(delivered: int, settings: Settings) -> float:
-    """Exponential back-off: base, 2×base, 4×base, ... capped."""
-    return float(min(settings.nak_base_delay_s * 2 ** (delivered - 1), settings.nak_max_delay_s))
-
-
-class MaxDeliveriesWatcher:
-    """Dead-letters what JetStream gave up on while no worker could (e.g. it crashed each time).
-
-    JetStream publishes an advisory when a message reaches ``max_deliver`` without an ack; the
-    message stays in the stream (limits retention), so it is read back by sequence.
-    """
-
-    def __init__(self, broker: NatsBroker, dead_letters: DeadLetters, settings: Settings) -> None:
-        self._broker = broker
-        self._dead_letters = dead_letters
-        self._stream = settings.subjects.events_stream
-
-    @property
-    def subject(self) -> str:
-        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self._stream}.{EVENTS_CONSUMER}"
-
-    async def on_advisory(self, advisory: dict[str, Any]) -> None:
-        seq = int(advisory["stream_seq"])
-        js = self._broker.config.connection_state.stream
-        original = await js.get_msg(self._stream, seq)
-        await self._dead_letters.send(
-            code=DeadLetterCode.MAX_DELIVERIES,
-            detail=f"not acknowledged after {advisory.get('deliveries')} deliveries",
-            subject=original.subject or "",
-            headers={k: str(v) for k, v in (original.headers or {}).items()},
-            payload=original.data or b"",
-            stream=self._stream,
-            stream_seq=seq,
-            deliveries=advisory.get("deliveries"),
-        )

@@ -59,8 +59,8 @@ from worker.connection import (
     first_connect,
     servers,
 )
-from worker.consumer import IDLE_FETCH_S, FetchFailures
 from worker.core.timefmt import utc_now, utc_text
+from worker.delivery import IDLE_FETCH_S, FetchFailures
 from worker.output import Exit
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 A patch is applied only to a ``PENDING`` run with that ``request_id``; the same patch twice is
 a no-op, a patch for another request is ignored and counted. A patch that is malformed, names
 an unknown run, or whose body ``run_id`` differs from its subject's is dead-lettered
-``INVALID_PATCH``. Transient failures are nak'ed like events (``DeadLetters.retry``); while the
-store is down as a whole, the patch is held and applied once it works (``worker.outage``).
+``INVALID_PATCH``. Failures are settled like events' (``worker.delivery``); while the store is
+down as a whole, the patch is held and applied once it works (``worker.outage``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from contracts.codes import DeadLetterCode
 from contracts.models import ExplanationPatch
 from contracts.subjects import PATCHES_CONSUMER
 from worker import tracing
-from worker.consumer import IDLE_FETCH_S, DeadLetters, FetchFailures
 from worker.core import lifecycle
 from worker.core.ingest import describe_errors
-from worker.errors import RejectedError, StoreOutageError
+from worker.delivery import IDLE_FETCH_S, Action, DeadLetters, FetchFailures, settle_failure
+from worker.errors import RejectedError
 from worker.explanations import Explanations
 from worker.logs import fields
 from worker.outage import Outage
@@ -119,21 +119,22 @@ class PatchConsumer:
         try:
             await self._outage.persist(lambda: self._apply(msg), self._stopping)
             await msg.ack()
-        except RejectedError as rejected:
-            await self._dead_letter(msg, rejected)
-        except StoreOutageError:  # stopping while the store is down: for whoever runs next
-            with contextlib.suppress(Exception):
-                await msg.nak()
+            return
         except Exception as exc:
-            seq, run_id = msg.metadata.sequence.stream, msg.subject.rpartition(".")[2]
-            log.warning(
-                "patch at seq %s not applied: %r",
+            failure = exc
+        seq, run_id = msg.metadata.sequence.stream, msg.subject.rpartition(".")[2]
+        action = await settle_failure(msg, failure, self._dead_letters)
+        where = fields(stream_seq=seq, run_id=run_id)
+        if action is Action.DEAD_LETTER:
+            assert isinstance(failure, RejectedError)
+            log.info(
+                "dead-lettered patch at seq %s: %s",
                 seq,
-                exc,
-                extra=fields(stream_seq=seq, run_id=run_id),
+                failure,
+                extra={**where, **fields(code=failure.code)},
             )
-            with contextlib.suppress(Exception):
-                await self._dead_letters.retry(msg, exc)
+        elif action is Action.RETRY:
+            log.warning("patch at seq %s not applied: %r", seq, failure, extra=where)
 
     async def _apply(self, msg: Msg) -> None:
         patch = parse_patch(msg.subject, msg.data)
@@ -142,20 +143,3 @@ class PatchConsumer:
         result = await self._explanations.transition(run_id, lambda _: patch, by=by)
         if result is None:
             raise RejectedError(DeadLetterCode.INVALID_PATCH, f"no run {run_id}")
-
-    async def _dead_letter(self, msg: Msg, rejected: RejectedError) -> None:
-        try:
-            await self._dead_letters.send_for(msg, rejected.code, rejected.detail)
-            await msg.term()
-            seq = msg.metadata.sequence.stream
-            log.info(
-                "dead-lettered patch at seq %s: %s",
-                seq,
-                rejected,
-                extra=fields(
-                    stream_seq=seq, code=rejected.code, run_id=msg.subject.rpartition(".")[2]
-                ),
-            )
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                await self._dead_letters.retry(msg, exc)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from contracts.models import DeadLetter
-from worker.consumer import nak_delay
 from worker.core.dead_letter import PAYLOAD_KEEP, dead_letter, dead_letter_msg_id
+from worker.delivery import nak_delay
 from worker.settings import Settings
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
