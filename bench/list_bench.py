@@ -53,7 +53,8 @@ from worker.api import to_query
 from worker.client import RunsApiError, RunsClient
 from worker.core.timefmt import utc_text
 from worker.nats_server import NatsServer
-from worker.store.index import SUMMARY, Query, RunIndex, _where
+from worker.store.base import Query
+from worker.store.index import SUMMARY, RunIndex, _where
 from worker.testing import PROBE_RUN, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

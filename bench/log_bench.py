@@ -43,10 +43,10 @@ from contracts.transparency import leaf_hash, leaf_record
 from worker.audit import _run as audit_pass
 from worker.core.ingest import content_sha256
 from worker.core.log_checks import Audit, run_checks
-from worker.store.base import NewRun
+from worker.store.base import Change, NewRun
 from worker.store.files import FileStore
 from worker.store.merkle_log import MerkleLog
-from worker.store.revisions import Change, created_entry
+from worker.store.revisions import created_entry
 
 ROOT = Path(__file__).resolve().parent.parent / ".bench-tmp" / "log"
 BATCH = 256

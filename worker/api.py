@@ -6,7 +6,6 @@ reply at all when validation fails, and the contract promises ``INVALID_REQUEST`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,12 +35,13 @@ from contracts.api import (
     error_reply,
     ok_reply,
 )
-from contracts.canonical import CanonicalError, parse_json, sha256_json
+from contracts.canonical import CanonicalError, parse_json
 from contracts.codes import ApiErrorCode
 from contracts.models import parse_timestamp
 from worker.core.cursor import CursorError, decode_cursor, encode_cursor
 from worker.core.diff import diff_runs
 from worker.core.ingest import describe_errors
+from worker.core.meta import MetaPatchError, apply_meta_patch, check_meta_patch
 from worker.core.timefmt import utc_now, utc_text
 from worker.errors import (
     RejectedError,
@@ -54,14 +54,11 @@ from worker.intake import Delivery, Intake, Stored
 from worker.logs import fields
 from worker.metrics import API_REQUESTS, API_SECONDS
 from worker.proofs import LogRequestError, Proofs
-from worker.store.base import RunStore
-from worker.store.index import Query
-from worker.store.revisions import Change
+from worker.store.base import Change, Query, RunStore
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 JSON = {"content-type": "application/json"}
-MAX_META_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,28 +236,20 @@ class Api:
         """Set or (with null) remove meta keys; a compare-and-swap when a revision is expected."""
         request = parse_request(PatchMetaRequest, body)
         updates = request.meta_updates
-        if not updates:
-            raise BadRequestError(ApiErrorCode.INVALID_REQUEST, "meta_updates is empty")
-        if "guard" in updates:
-            raise BadRequestError(
-                ApiErrorCode.INVALID_REQUEST, "meta.guard is the safety guard's and never changes"
-            )
-        try:
-            sha256_json(updates)
-        except CanonicalError as exc:
-            raise BadRequestError(ApiErrorCode.INVALID_REQUEST, f"meta_updates: {exc}") from None
 
         def decide(current: dict[str, Any]) -> Change | None:
-            meta = patched_meta(current.get("meta", {}), updates)
-            if meta == current.get("meta", {}):
+            meta = apply_meta_patch(current.get("meta", {}), updates)
+            if meta is None:
                 return None  # nothing to change: no new revision
-            if len(json.dumps(meta)) > MAX_META_BYTES:
-                raise BadRequestError(ApiErrorCode.INVALID_REQUEST, "meta over 64 KiB")
             return Change({"meta": meta}, change="meta", by="api.patch_meta")
 
-        result = await self._store.update_run(
-            request.run_id, decide, expected_revision=request.expected_revision
-        )
+        try:
+            check_meta_patch(updates)  # before the run is read: refused whatever the run holds
+            result = await self._store.update_run(
+                request.run_id, decide, expected_revision=request.expected_revision
+            )
+        except MetaPatchError as exc:
+            raise BadRequestError(ApiErrorCode.INVALID_REQUEST, str(exc)) from None
         if result is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
         run, _ = result
@@ -330,15 +319,6 @@ class Api:
         if info.filename:  # none was given
             headers[FILENAME_HEADER] = info.filename
         return Reply(data, {**headers, "content-type": info.mime})
-
-
-def patched_meta(meta: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` with ``updates`` applied: a null value removes its key."""
-    patched = {**meta, **updates}
-    for key, value in updates.items():
-        if value is None:
-            del patched[key]
-    return patched
 
 
 def to_query(request: ListRequest, after: tuple[str, str] | None) -> Query:

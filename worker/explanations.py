@@ -28,9 +28,7 @@ from worker.core.timefmt import utc_now
 from worker.errors import StoreOutageError, UnavailableError
 from worker.metrics import PATCHES_APPLIED, PATCHES_IGNORED, PATCHES_REPEATED, value
 from worker.settings import Settings
-from worker.store.base import RunStore
-from worker.store.index import Query
-from worker.store.revisions import Change
+from worker.store.base import Change, Query, RunStore
 
 log = logging.getLogger(__name__)
 SWEEP_MAX_INTERVAL_S = 30.0

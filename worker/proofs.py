@@ -11,8 +11,7 @@ from worker.checkpoints import Checkpoints
 from worker.core.log_checks import run_checks
 from worker.core.verify import Check
 from worker.errors import UnavailableError
-from worker.store.base import RunStore
-from worker.store.merkle_log import Leaf
+from worker.store.base import Leaf, RunStore
 
 LOG_WAIT_S = 2.0  # how long a lagging copy of the log (jetstream store) may take to catch up
 READ_ATTEMPTS = 3

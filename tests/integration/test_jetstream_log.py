@@ -34,7 +34,7 @@ from worker.core.ingest import content_sha256
 from worker.errors import StoreOutageError, TransientError
 from worker.nats_cluster import NatsCluster
 from worker.nats_server import NatsServer
-from worker.store.base import NewRun
+from worker.store.base import Change, Decide, NewRun
 from worker.store.files import FileStore
 from worker.store.jetstream import (
     EXPECTED_LAST_SUBJECT_SEQ,
@@ -42,7 +42,7 @@ from worker.store.jetstream import (
     JetStreamStore,
 )
 from worker.store.merkle_log import MerkleLog
-from worker.store.revisions import Change, Decide, created_entry, encode
+from worker.store.revisions import created_entry, encode
 
 pytestmark = pytest.mark.integration
 CLUSTER = pytest.mark.parametrize("store", ["jetstream"], indirect=True)  # a 3-node cluster

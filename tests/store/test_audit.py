@@ -14,9 +14,8 @@ import pytest
 from worker.audit import _run as audit_pass
 from worker.core.ingest import content_sha256
 from worker.core.log_checks import Audit, LeafPass
-from worker.store.base import NewRun
+from worker.store.base import Change, NewRun
 from worker.store.files import FileStore
-from worker.store.revisions import Change
 
 RUNS = 30
 

@@ -7,9 +7,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from worker.store.base import NewRun
+from worker.store.base import NewRun, Query
 from worker.store.files import FileStore
-from worker.store.index import Query, RunIndex
+from worker.store.index import RunIndex
 from worker.store.revisions import encode
 
 

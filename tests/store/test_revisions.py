@@ -13,9 +13,8 @@ import pytest
 from tests.support import temp_files
 from worker.core.ingest import build_artifact, check_event
 from worker.errors import RevisionConflictError, StoreOutageError
-from worker.store.base import NewRun
+from worker.store.base import Change, NewRun
 from worker.store.files import FileStore
-from worker.store.revisions import Change
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 

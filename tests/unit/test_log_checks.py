@@ -25,7 +25,8 @@ from contracts.transparency import Checkpoint, leaf_record, sign_checkpoint
 from worker.core.ingest import build_artifact, check_event
 from worker.core.log_checks import Audit, Finding, LeafPass, run_checks
 from worker.core.timefmt import utc_text
-from worker.store.revisions import Change, created_entry, encode, propose
+from worker.store.base import Change
+from worker.store.revisions import created_entry, encode, propose
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

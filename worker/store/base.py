@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from contracts.transparency import leaf_hash
 from worker.core.verify import Check
-from worker.store.index import Query
-from worker.store.merkle_log import Leaf, MerkleLog
-from worker.store.revisions import Decide
+
+if TYPE_CHECKING:  # the one implementation the port names: see ``RunStore.log``
+    from worker.store.merkle_log import MerkleLog
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A validated ``list`` request: equality filters, a time range, a page position."""
+
+    equals: tuple[tuple[str, str], ...] = ()
+    tool_id_prefix: str | None = None
+    created_from: str | None = None
+    created_to: str | None = None
+    after: tuple[str, str] | None = None  # (created_at_utc, run_id) of the previous page's last
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a change function wants: the fields to set, and why (for the history)."""
+
+    updates: dict[str, Any]
+    change: str  # "explanation", "advisory" or "meta"
+    by: str  # the message or request that caused it
+
+
+# A change function: the current artifact in, the change it wants (None: none) out.
+Decide = Callable[[dict[str, Any]], Change | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One leaf of the Merkle log: its position in the tree and its record."""
+
+    index: int
+    record: dict[str, Any]
+
+    @property
+    def hash(self) -> bytes:
+        return leaf_hash(self.record)
 
 
 @dataclass(frozen=True, slots=True)

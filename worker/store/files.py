@@ -39,10 +39,10 @@ from contracts.transparency import leaf_record
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
 from worker.errors import StoreOutageError, TransientError
-from worker.store.base import BlobInfo, Created, NewRun, StoredRun
-from worker.store.index import Query, RunIndex
-from worker.store.merkle_log import Leaf, MerkleLog
-from worker.store.revisions import Decide, Revisions, created_entry, encode
+from worker.store.base import BlobInfo, Created, Decide, Leaf, NewRun, Query, StoredRun
+from worker.store.index import RunIndex
+from worker.store.merkle_log import MerkleLog
+from worker.store.revisions import Revisions, created_entry, encode
 from worker.store.workspace import Workspace
 
 log = logging.getLogger(__name__)

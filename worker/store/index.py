@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from worker.core.ingest import lookup
+from worker.store.base import Query
 from worker.store.sqlite_file import SqliteFile
 
 # column -> where it comes from in the artifact
@@ -62,18 +62,6 @@ _SCHEMA = [
 _PROJECTION_STATE = (
     "CREATE TABLE IF NOT EXISTS projection (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """A validated ``list`` request: equality filters, a time range, a page position."""
-
-    equals: tuple[tuple[str, str], ...] = ()
-    tool_id_prefix: str | None = None
-    created_from: str | None = None
-    created_to: str | None = None
-    after: tuple[str, str] | None = None  # (created_at_utc, run_id) of the previous page's last
-    limit: int = 50
 
 
 def row_of(artifact: dict[str, Any]) -> tuple[Any, ...]:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from contracts import merkle
-from contracts.transparency import leaf_hash, record_bytes
+from contracts.transparency import record_bytes
+from worker.store.base import Leaf
 from worker.store.sqlite_file import SqliteFile
 
 _SCHEMA = [
@@ -31,18 +31,6 @@ _SCHEMA = [
     "hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Leaf:
-    """One leaf: its position in the tree and its record."""
-
-    index: int
-    record: dict[str, Any]
-
-    @property
-    def hash(self) -> bytes:
-        return leaf_hash(self.record)
 
 
 class LogOutOfOrderError(Exception):

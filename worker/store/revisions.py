@@ -27,9 +27,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,21 +38,10 @@ from contracts.transparency import leaf_record
 from worker.core.ingest import content_sha256
 from worker.core.timefmt import utc_text
 from worker.errors import RevisionConflictError
+from worker.store.base import Change, Decide
 from worker.store.index import RunIndex
 from worker.store.merkle_log import MerkleLog
 from worker.store.workspace import Workspace
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """What a change function wants: the fields to set, and why (for the history)."""
-
-    updates: dict[str, Any]
-    change: str  # "explanation", "advisory" or "meta"
-    by: str  # the message or request that caused it
-
-
-Decide = Callable[[dict[str, Any]], Change | None]
 
 
 def encode(document: dict[str, Any]) -> bytes:
