@@ -24,14 +24,25 @@ from contracts.api import (
     SHA256_HEADER,
     BlobHeaders,
     BlobRequest,
+    BlobStored,
+    CheckpointReply,
+    ConsistencyProof,
+    CreateResult,
     DiffRequest,
+    DiffResult,
     ExplainRequest,
+    ExplainResult,
     GetRequest,
+    History,
+    LeafRange,
+    ListPage,
     ListRequest,
     LogCheckpointRequest,
     LogConsistencyRequest,
     LogLeavesRequest,
+    MetaPatched,
     PatchMetaRequest,
+    VerifyReport,
     error_reply,
     ok_reply,
 )
@@ -93,6 +104,16 @@ def validate(model: type[M], data: object) -> M:
 
 
 Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
+
+
+def _ok(model: type[BaseModel], **fields: Any) -> Reply:
+    """A success reply, checked against its contract model (``contracts.api``): the fields it
+    documents and no other, each of its type. A mismatch is our bug: INTERNAL, logged."""
+    undocumented = fields.keys() - model.model_fields.keys()
+    if undocumented:
+        raise TypeError(f"{model.__name__} does not document {sorted(undocumented)}")
+    model.model_validate(fields)
+    return Reply(ok_reply(**fields))
 
 
 class Api:
@@ -173,6 +194,7 @@ class Api:
 
     async def get(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         request = parse_request(GetRequest, body)
+        # the artifact exactly as stored (validated when it was made), so its hashes recompute
         return Reply(ok_reply(run=await self._run(request.run_id)))
 
     async def list_page(self, body: bytes, headers: Mapping[str, str]) -> Reply:
@@ -189,7 +211,7 @@ class Api:
         if len(rows) > request.limit:
             last = items[-1]
             next_cursor = encode_cursor(last["created_at_utc"], last["run_id"], filters)
-        return Reply(ok_reply(items=items, next_cursor=next_cursor))
+        return _ok(ListPage, items=items, next_cursor=next_cursor)
 
     async def _run(self, run_id: str) -> dict[str, Any]:
         run = await self._store.get_run(run_id)
@@ -201,7 +223,7 @@ class Api:
         """What differs between two runs' immutable cores, and how much it matters."""
         request = parse_request(DiffRequest, body)
         a, b = await self._run(request.a), await self._run(request.b)
-        return Reply(ok_reply(a=request.a, b=request.b, **diff_runs(a, b)))
+        return _ok(DiffResult, a=request.a, b=request.b, **diff_runs(a, b))
 
     async def verify(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Recompute every hash from the stored bytes, never from a cache, and hold the run
@@ -213,24 +235,26 @@ class Api:
         log_checks, proof = await self._proofs.run_log(request.run_id)
         checks = [check.as_dict() for check in (*report, *log_checks)]
         valid = all(check["ok"] for check in checks)
-        return Reply(ok_reply(run_id=request.run_id, valid=valid, checks=checks, log=proof))
+        return _ok(VerifyReport, run_id=request.run_id, valid=valid, checks=checks, log=proof)
 
     async def log_checkpoint(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The latest signed checkpoint of the Merkle log."""
         parse_request(LogCheckpointRequest, body or b"{}")
         checkpoint = await self._proofs.checkpoint()
-        return Reply(ok_reply(checkpoint=checkpoint.as_dict()))
+        return _ok(CheckpointReply, checkpoint=checkpoint.as_dict())
 
     async def log_consistency(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """A proof that the tree of ``first`` leaves is a prefix of the tree of ``second``."""
         request = parse_request(LogConsistencyRequest, body)
-        return Reply(ok_reply(**await self._proofs.consistency(request.first, request.second)))
+        return _ok(
+            ConsistencyProof, **await self._proofs.consistency(request.first, request.second)
+        )
 
     async def log_leaves(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """A range of the log's leaves, for auditors."""
         request = parse_request(LogLeavesRequest, body)
         found = await self._proofs.leaves(request.start, request.end, MAX_LEAVES)
-        return Reply(ok_reply(**found))
+        return _ok(LeafRange, **found)
 
     async def patch_meta(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Set or (with null) remove meta keys; a compare-and-swap when a revision is expected."""
@@ -253,7 +277,7 @@ class Api:
         if result is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
         run, _ = result
-        return Reply(ok_reply(run_id=request.run_id, meta=run["meta"], revision=run["revision"]))
+        return _ok(MetaPatched, run_id=request.run_id, meta=run["meta"], revision=run["revision"])
 
     async def explain(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Request an explanation (NONE), or a new one with ``force``; else the current state."""
@@ -264,12 +288,11 @@ class Api:
         if result is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
         run, _ = result
-        return Reply(
-            ok_reply(
-                run_id=request.run_id,
-                request_id=run.get("explanation_request_id"),
-                explanation_status=run["explanation_status"],
-            )
+        return _ok(
+            ExplainResult,
+            run_id=request.run_id,
+            request_id=run.get("explanation_request_id"),
+            explanation_status=run["explanation_status"],
         )
 
     async def history(self, body: bytes, headers: Mapping[str, str]) -> Reply:
@@ -278,7 +301,7 @@ class Api:
         revisions = await self._store.history(request.run_id)
         if revisions is None:
             raise BadRequestError(ApiErrorCode.RUN_NOT_FOUND, f"no run {request.run_id}")
-        return Reply(ok_reply(run_id=request.run_id, revisions=revisions))
+        return _ok(History, run_id=request.run_id, revisions=revisions)
 
     async def create(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The ingest path with a reply instead of a dead letter."""
@@ -287,8 +310,11 @@ class Api:
             raise BadRequestError(outcome.code, outcome.detail)
         assert isinstance(outcome, Stored)
         await self._explanations.announce_created(outcome.run)
-        return Reply(
-            ok_reply(run_id=outcome.run_id, revision=outcome.revision, duplicate=outcome.duplicate)
+        return _ok(
+            CreateResult,
+            run_id=outcome.run_id,
+            revision=outcome.revision,
+            duplicate=outcome.duplicate,
         )
 
     async def put_attachment(self, body: bytes, headers: Mapping[str, str]) -> Reply:
@@ -306,7 +332,7 @@ class Api:
         info = await self._store.put_blob(
             body, kind=meta.kind, mime=meta.mime, filename=meta.filename or ""
         )
-        return Reply(ok_reply(sha256=info.sha256, size_bytes=info.size_bytes))
+        return _ok(BlobStored, sha256=info.sha256, size_bytes=info.size_bytes)
 
     async def get_attachment(self, body: bytes, headers: Mapping[str, str]) -> Reply:
         """The raw bytes, with the blob's metadata as headers; the one non-JSON success reply."""

@@ -20,7 +20,6 @@ A dead letter that cannot be stored turns DEAD_LETTER into RETRY: nothing is ter
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -111,7 +110,7 @@ class DeadLetters:
         stream_seq: int | None,
         deliveries: int | None,
     ) -> None:
-        body = dead_letter(
+        letter = dead_letter(
             code=code,
             detail=detail,
             subject=subject,
@@ -122,7 +121,7 @@ class DeadLetters:
             now=self._clock(),
         )
         await self._broker.publish(
-            json.dumps(body).encode(),
+            letter.model_dump_json(by_alias=True).encode(),
             self._subjects.dead_letter(code),
             headers={
                 "Nats-Msg-Id": dead_letter_msg_id(stream, stream_seq, payload),

@@ -21,6 +21,7 @@ from typing import Any
 
 from faststream.nats import NatsBroker
 
+from contracts.models import ExplanationRequested, ExplanationStatusChanged
 from worker import tracing
 from worker.core import lifecycle
 from worker.core.ingest import request_id_for
@@ -51,9 +52,9 @@ class Explanations:
         self._subjects = settings.subjects
         self._clock = clock
 
-    async def _publish(self, subject: str, body: dict[str, Any], msg_id: str) -> None:
+    async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         await self._broker.publish(
-            json.dumps(body, ensure_ascii=False).encode(),
+            data,
             subject,
             headers=tracing.inject({"Nats-Msg-Id": msg_id, "content-type": "application/json"}),
             stream=self._subjects.explain_stream,
@@ -61,7 +62,9 @@ class Explanations:
         )
 
     async def publish_request(self, run: dict[str, Any]) -> None:
-        """The request of a ``PENDING`` run, as stored (so a retry publishes the same one)."""
+        """The request of a ``PENDING`` run, as stored (so a retry publishes the same one).
+        Checked against its contract model; the run travels as the stored dict, byte for byte
+        the artifact ``get`` returns (a model's dump could add defaults or respell numbers)."""
         body = {
             "schema": "rmos.explanation_requested.v1",
             "request_id": run["explanation_request_id"],
@@ -70,23 +73,31 @@ class Explanations:
             "requested_at": run["explanation_requested_at"],
             "run": run,
         }
-        await self._publish(self._subjects.explain_requested, body, run["explanation_request_id"])
+        ExplanationRequested.model_validate(body)
+        data = json.dumps(body, ensure_ascii=False).encode()
+        await self._publish(self._subjects.explain_requested, data, run["explanation_request_id"])
 
     async def publish_status(self, run: dict[str, Any], from_status: str) -> None:
-        body = {
-            "schema": "rmos.explanation_status_changed.v1",
-            "run_id": run["run_id"],
-            "request_id": run.get("explanation_request_id"),
-            "from": from_status,
-            "to": run["explanation_status"],
-            "revision": run["revision"],
-            "at": run["updated_at_utc"],
-        }
-        for key, field in (("summary", "explanation_summary"), ("error", "explanation_error")):
-            if field in run:
-                body[key] = run[field]
+        status = ExplanationStatusChanged.model_validate(
+            {
+                "schema": "rmos.explanation_status_changed.v1",
+                "run_id": run["run_id"],
+                "request_id": run.get("explanation_request_id"),
+                "from": from_status,
+                "to": run["explanation_status"],
+                "revision": run["revision"],
+                "at": run["updated_at_utc"],
+                "summary": run.get("explanation_summary"),
+                "error": run.get("explanation_error"),
+            }
+        )
+        body = status.model_dump(mode="json", by_alias=True)
+        for absent in ("summary", "error"):  # present only when the run has them
+            if body[absent] is None:
+                del body[absent]
+        data = json.dumps(body, ensure_ascii=False).encode()
         msg_id = f"{run['run_id']}:r{run['revision']}"
-        await self._publish(self._subjects.explain_status(run["run_id"]), body, msg_id)
+        await self._publish(self._subjects.explain_status(run["run_id"]), data, msg_id)
 
     async def announce_created(self, run: dict[str, Any]) -> None:
         """After a run is durable (or met again as a duplicate): its request, if it has one due."""

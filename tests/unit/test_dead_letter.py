@@ -26,7 +26,7 @@ def letter(payload: bytes, detail: str = "why") -> dict[str, object]:
         stream_seq=7,
         deliveries=1,
         now=NOW,
-    )
+    ).model_dump(by_alias=True)
 
 
 class TestDeadLetter:

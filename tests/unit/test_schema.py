@@ -219,7 +219,7 @@ async def _examples() -> list[tuple[str, Any]]:
         ("explanation_requested.v1.json", requested),
         ("explanation_status_changed.v1.json", status),
         ("explanation_patch.v1.json", patch),
-        ("dead_letter.v1.json", letter),
+        ("dead_letter.v1.json", letter.model_dump(by_alias=True)),
         ("log_checkpoint.v1.json", checkpoint),
         ("api_get_request.v1.json", {"run_id": run["run_id"]}),
         ("api_list_request.v1.json", {"status": "BLOCKED", "limit": 10}),

@@ -6,12 +6,11 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
 
+from contracts.models import DeadLetter
 from worker.core.timefmt import utc_text
 from worker.errors import DETAIL_LIMIT
 
-SCHEMA = "rmos.dead_letter.v1"
 PAYLOAD_KEEP = 64 * 1024
 
 
@@ -25,22 +24,22 @@ def dead_letter(
     stream_seq: int | None,
     deliveries: int | None,
     now: datetime,
-) -> dict[str, Any]:
+) -> DeadLetter:
     """What goes on ``dlq.<code>``: the reason, and the payload (its first 64 KiB) to replay."""
-    return {
-        "schema": SCHEMA,
-        "code": code,
-        "detail": detail[:DETAIL_LIMIT],
-        "original_subject": subject,
-        "original_headers": dict(headers),
-        "payload_b64": base64.b64encode(payload[:PAYLOAD_KEEP]).decode("ascii"),
-        "payload_truncated": len(payload) > PAYLOAD_KEEP,
-        "payload_size": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "stream_seq": stream_seq,
-        "deliveries": deliveries,
-        "dead_lettered_at": utc_text(now),
-    }
+    return DeadLetter(
+        schema="rmos.dead_letter.v1",
+        code=code,
+        detail=detail[:DETAIL_LIMIT],
+        original_subject=subject,
+        original_headers=dict(headers),
+        payload_b64=base64.b64encode(payload[:PAYLOAD_KEEP]).decode("ascii"),
+        payload_truncated=len(payload) > PAYLOAD_KEEP,
+        payload_size=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+        stream_seq=stream_seq,
+        deliveries=deliveries,
+        dead_lettered_at=utc_text(now),
+    )
 
 
 def dead_letter_msg_id(stream: str, stream_seq: int | None, payload: bytes) -> str:
