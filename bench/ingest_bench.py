@@ -58,11 +58,11 @@ from worker.client import RunsClient
 from worker.connection import servers
 from worker.core.ingest import build_artifact, check_event
 from worker.core.timefmt import utc_text
-from worker.jetstream import ensure_consumer, ensure_streams, events_consumer_config
 from worker.nats_server import NatsServer
 from worker.settings import Settings
 from worker.store.base import NewRun
 from worker.store.files import FileStore
+from worker.streams import ensure_consumer, ensure_streams, events_consumer_config
 from worker.testing import WorkerExited, WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

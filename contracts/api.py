@@ -156,7 +156,7 @@ class ListPage(_Reply):
     next_cursor: str | None
 
 
-class Change(_Reply):
+class DiffChange(_Reply):
     path: str
     a: Any
     b: Any
@@ -167,7 +167,7 @@ class DiffResult(_Reply):
     b: str
     severity: Literal["CRITICAL", "WARNING", "INFO"]
     changed_paths: list[str]
-    changes: list[Change]
+    changes: list[DiffChange]
 
 
 class VerifyCheck(_Reply):

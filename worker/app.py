@@ -29,14 +29,6 @@ from worker.delivery import DeadLetters, MaxDeliveriesWatcher
 from worker.errors import TransientError
 from worker.explanations import Explanations
 from worker.intake import Intake
-from worker.jetstream import (
-    PlacementError,
-    ensure_consumer,
-    ensure_replicated,
-    ensure_streams,
-    events_consumer_config,
-    patches_consumer_config,
-)
 from worker.outage import Outage
 from worker.output import Exit
 from worker.patches import PatchConsumer
@@ -45,6 +37,14 @@ from worker.settings import Settings
 from worker.store.base import RunStore
 from worker.store.files import FileStore
 from worker.store.jetstream import JetStreamStore
+from worker.streams import (
+    PlacementError,
+    ensure_consumer,
+    ensure_replicated,
+    ensure_streams,
+    events_consumer_config,
+    patches_consumer_config,
+)
 
 log = logging.getLogger(__name__)
 API_QUEUE = "rmos-worker-api"

@@ -32,7 +32,6 @@ from contracts.transparency import Checkpoint
 from worker.connection import connect_options, connector, first_connect
 from worker.core.log_checks import Audit, LeafPass
 from worker.errors import StoreOutageError
-from worker.jetstream import scan_fetch
 from worker.output import Exit, Progress, UsageError, emit, json_line
 from worker.settings import Settings
 from worker.signing import SigningKeyError, load_public, public_path
@@ -40,6 +39,7 @@ from worker.store.base import RunStore, StoredRun
 from worker.store.files import FileStore
 from worker.store.jetstream import JetStreamStore
 from worker.store.merkle_log import MerkleLog
+from worker.streams import scan_fetch
 
 FETCH = 1000
 AUDIT_BATCH = 512  # stored runs held against their leaves a query at a time

@@ -112,13 +112,13 @@ class Explanations:
         run_id: str,
         message: Callable[[dict[str, Any]], lifecycle.Message],
         by: str,
-    ) -> tuple[dict[str, Any], lifecycle.Decision] | None:
+    ) -> tuple[dict[str, Any], lifecycle.Verdict] | None:
         """Decide and store one message (compare-and-swap), then announce a transition.
 
         ``message`` builds the message from the current artifact (a new request id depends on
         its revision). Returns the artifact now and the decision; None when the run is absent.
         """
-        decided: list[lifecycle.Decision] = []
+        decided: list[lifecycle.Verdict] = []
         messages: list[lifecycle.Message] = []
         now = self._clock()
 

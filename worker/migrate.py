@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from worker.connection import connect_options, connector, first_connect
-from worker.jetstream import ensure_replicated
 from worker.output import Progress, emit
 from worker.settings import Settings
 from worker.store.files import FileStore
 from worker.store.jetstream import JetStreamStore
 from worker.store.revisions import encode
+from worker.streams import ensure_replicated
 
 log = logging.getLogger(__name__)
 IN_FLIGHT = 32

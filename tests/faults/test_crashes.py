@@ -25,8 +25,8 @@ from tests.support import (
 )
 from worker.client import RunsClient
 from worker.core.ingest import content_sha256
-from worker.jetstream import ensure_streams
 from worker.nats_server import NatsServer
+from worker.streams import ensure_streams
 
 pytestmark = pytest.mark.integration
 # Messages a dead worker held come back after ack_wait: keep it short so the tests stay quick.

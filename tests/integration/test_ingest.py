@@ -28,8 +28,8 @@ from tests.support import (
 )
 from worker.client import RunsApiError, RunsClient
 from worker.core.ingest import content_sha256
-from worker.jetstream import ensure_streams
 from worker.nats_server import NatsServer
+from worker.streams import ensure_streams
 
 pytestmark = pytest.mark.integration
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from worker.core.lifecycle import (
-    Decision,
     Message,
     Patch,
     Request,
     Tick,
+    Verdict,
     apply,
     decide,
     validate_patch,
@@ -267,7 +267,7 @@ class TestApply:
 
     def test_only_transitions_apply(self) -> None:
         """Applying an unchanged or ignored decision is a caller bug."""
-        decision = Decision("ignored", "READY", "READY", "req-1", "stale")
+        decision = Verdict("ignored", "READY", "READY", "req-1", "stale")
         with pytest.raises(ValueError, match="ignored"):
             apply(artifact("READY"), decision, NOW)
 

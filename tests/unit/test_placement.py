@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from nats.js.errors import APIError
 
-from worker.jetstream import NOT_CLUSTERED, PlacementError, ensure_replicated
+from worker.streams import NOT_CLUSTERED, PlacementError, ensure_replicated
 
 NO_PEERS = 10005  # "no suitable peers for placement": a peer still joining, or down
 

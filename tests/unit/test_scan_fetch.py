@@ -13,7 +13,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from worker import audit, cli, jetstream
+from worker import audit, cli, streams
 from worker.errors import StoreOutageError
 from worker.output import Exit
 from worker.settings import Settings
@@ -33,14 +33,14 @@ class FlakySubscription:
 
 
 async def fetch(sub: FlakySubscription, batch: int = 3) -> list[Msg]:
-    return await jetstream.scan_fetch(
+    return await streams.scan_fetch(
         cast(JetStreamContext.PullSubscription, sub), batch, 5.0, "KV_RMOS_RUNS"
     )
 
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jetstream, "SCAN_RETRY_S", 0.0)
+    monkeypatch.setattr(streams, "SCAN_RETRY_S", 0.0)
 
 
 @pytest.mark.parametrize(
@@ -49,16 +49,16 @@ def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     ids=["503", "nats-timeout", "timeout"],
 )
 async def test_a_passing_failure_is_retried(error: Exception) -> None:
-    sub = FlakySubscription(jetstream.SCAN_RETRIES, error)
+    sub = FlakySubscription(streams.SCAN_RETRIES, error)
     assert len(await fetch(sub)) == 3
-    assert sub.fetches == jetstream.SCAN_RETRIES + 1
+    assert sub.fetches == streams.SCAN_RETRIES + 1
 
 
 async def test_a_lasting_failure_is_an_outage() -> None:
-    sub = FlakySubscription(jetstream.SCAN_RETRIES + 1, nats.js.errors.ServiceUnavailableError())
+    sub = FlakySubscription(streams.SCAN_RETRIES + 1, nats.js.errors.ServiceUnavailableError())
     with pytest.raises(StoreOutageError, match=r"scan of KV_RMOS_RUNS failed 6 times"):
         await fetch(sub)
-    assert sub.fetches == jetstream.SCAN_RETRIES + 1
+    assert sub.fetches == streams.SCAN_RETRIES + 1
 
 
 def test_audit_of_a_failing_store_is_one_line_and_exit_3(

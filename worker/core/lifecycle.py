@@ -66,7 +66,7 @@ Message = Request | Patch | Tick
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Verdict:
     """What one message does to one artifact; only a ``transition`` changes it."""
 
     kind: Kind
@@ -106,7 +106,7 @@ def _text_ok(text: str | None) -> bool:
     return isinstance(text, str) and 1 <= len(text) <= MAX_SUMMARY_CHARS
 
 
-def decide(artifact: dict[str, Any], message: Message) -> Decision:
+def decide(artifact: dict[str, Any], message: Message) -> Verdict:
     """The decision for one message; a malformed patch (see :func:`validate_patch`) raises."""
     if isinstance(message, Request):
         return _on_request(artifact, message)
@@ -115,25 +115,25 @@ def decide(artifact: dict[str, Any], message: Message) -> Decision:
     return _on_tick(artifact, message)
 
 
-def _stay(artifact: dict[str, Any], kind: Kind, reason: str) -> Decision:
+def _stay(artifact: dict[str, Any], kind: Kind, reason: str) -> Verdict:
     status = artifact["explanation_status"]
-    return Decision(kind, status, status, artifact.get("explanation_request_id"), reason)
+    return Verdict(kind, status, status, artifact.get("explanation_request_id"), reason)
 
 
 def _move(
     artifact: dict[str, Any], to: str, sets: dict[str, Any], reason: str, **kw: Any
-) -> Decision:
+) -> Verdict:
     """A transition to ``to``: ``sets`` and the status; outcome keys not in ``sets`` are removed."""
     removed = tuple(k for k in _OUTCOME_KEYS if k not in sets and k in artifact)
     request_id = sets.get("explanation_request_id", artifact.get("explanation_request_id"))
     changes = {"explanation_status": to, **sets}
     from_status = artifact["explanation_status"]
-    return Decision("transition", from_status, to, request_id, reason, changes, removed, **kw)
+    return Verdict("transition", from_status, to, request_id, reason, changes, removed, **kw)
 
 
 def _request(
     artifact: dict[str, Any], request_id: str, now: datetime, attempts: int, why: str
-) -> Decision:
+) -> Verdict:
     sets = {
         "explanation_request_id": request_id,
         "explanation_requested_at": utc_text(now),
@@ -142,7 +142,7 @@ def _request(
     return _move(artifact, "PENDING", sets, why, publish_request=True)
 
 
-def _on_request(artifact: dict[str, Any], request: Request) -> Decision:
+def _on_request(artifact: dict[str, Any], request: Request) -> Verdict:
     status = artifact["explanation_status"]
     if status == "NONE":
         return _request(artifact, request.request_id, request.now, 1, "explanation requested")
@@ -151,7 +151,7 @@ def _on_request(artifact: dict[str, Any], request: Request) -> Decision:
     return _request(artifact, request.request_id, request.now, 1, "forced new request")
 
 
-def _on_patch(artifact: dict[str, Any], patch: Patch) -> Decision:
+def _on_patch(artifact: dict[str, Any], patch: Patch) -> Verdict:
     problem = validate_patch(patch)
     if problem is not None:
         raise ValueError(f"invalid patch: {problem}")
@@ -182,7 +182,7 @@ def _repeats_outcome(artifact: dict[str, Any], patch: Patch) -> bool:
     )
 
 
-def _on_tick(artifact: dict[str, Any], tick: Tick) -> Decision:
+def _on_tick(artifact: dict[str, Any], tick: Tick) -> Verdict:
     if artifact["explanation_status"] != "PENDING":
         return _stay(artifact, "unchanged", "not pending")
     deadline = _deadline(artifact, tick.timeout_s)
@@ -206,7 +206,7 @@ def _deadline(artifact: dict[str, Any], timeout_s: float) -> datetime | None:
 
 
 def apply(
-    artifact: dict[str, Any], decision: Decision, now: datetime, *, bump_revision: bool = True
+    artifact: dict[str, Any], decision: Verdict, now: datetime, *, bump_revision: bool = True
 ) -> dict[str, Any]:
     """The next artifact: a new dict, the input untouched.
 

@@ -75,12 +75,12 @@ from contracts.transparency import leaf_record
 from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
 from worker.errors import StoreOutageError, TransientError, UnavailableError
-from worker.jetstream import PlacementError, scan_fetch
 from worker.store.base import BlobInfo, Created, Decide, Leaf, NewRun, Query, StoredRun
 from worker.store.index import RunIndex
 from worker.store.merkle_log import LogOutOfOrderError, MerkleLog
 from worker.store.projection import KV_OPERATION, Feed, IndexSink, LogSink, Projection
 from worker.store.revisions import created_entry, encode, propose
+from worker.streams import PlacementError, scan_fetch
 
 log = logging.getLogger(__name__)
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
