@@ -8,7 +8,10 @@ Each test gets its own:
   (``.data_dir``, ``.log()``); ready (answering the API) when the test gets it, stopped with
   SIGTERM afterwards, killed and reaped if it does not stop;
 - ``rmos_client``: a connected ``RunsClient`` (``publish_event``, ``get``, ``list_page``...);
-- ``rmos_event``: a factory of valid run events, ``rmos_event(status="BLOCKED", ...)``.
+- ``rmos_event``: a factory of valid run events, ``rmos_event(status="BLOCKED", ...)``;
+- ``rmos_explainer``: ``await rmos_explainer(explain, **options)`` runs an explainer of the SDK
+  (``worker.explainer.Explainer``) in the test's process against the test's server: what an
+  explainer team tests its function with; stopped afterwards.
 
 ``worker.testing`` has the waits: ``wait_for_run`` and ``wait_for_explanation``, with
 ``run_id_of(event)``.
@@ -16,7 +19,7 @@ Each test gets its own:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import pytest
 import pytest_asyncio
 
 from worker.client import RunsClient
+from worker.explainer import Explain, Explainer, Model
 from worker.nats_server import NatsServer
 from worker.testing import WorkerProcess, event
 
@@ -75,3 +79,25 @@ def rmos_event() -> Callable[..., dict[str, Any]]:
     """``rmos_event(**fields)``: a valid OK/GREEN run event with a fresh ``event_id``;
     ``fields`` override or add (None removes a key)."""
     return event
+
+
+@pytest_asyncio.fixture
+async def rmos_explainer(
+    rmos_nats_server: NatsServer,
+) -> AsyncIterator[Callable[..., Awaitable[Explainer]]]:
+    """``await rmos_explainer(explain, **options)``: an SDK explainer serving ``explain`` on the
+    test's server (``options`` as ``Explainer``'s: ``concurrency``, ``timeout``...), started
+    and, after the test, stopped."""
+    started: list[Explainer] = []
+
+    async def start(model: Explain | Model, **options: Any) -> Explainer:
+        explainer = Explainer(model, rmos_nats_server.url, **options)
+        await explainer.start()
+        started.append(explainer)
+        return explainer
+
+    try:
+        yield start
+    finally:
+        for explainer in started:
+            await explainer.stop()

@@ -59,6 +59,27 @@ def test_the_event_factory(rmos_event):
     assert event["tool_id"] == "router-3mm"
     assert "feasibility" not in event
     assert event["schema"] == "rmos.run_event.v1"
+
+
+def explain(run):
+    if run["decision"]["risk_level"] == "RED":
+        raise ValueError("red needs a human")
+    return f"{run['tool_id']} is fine"
+
+
+@pytest.mark.asyncio
+async def test_an_explainer_team_tests_its_function(
+    rmos_worker, rmos_client, rmos_event, rmos_explainer
+):
+    await rmos_explainer(explain, concurrency=2)
+    yellow = rmos_event(status="BLOCKED", decision={"risk_level": "YELLOW"})
+    red = rmos_event(status="BLOCKED", decision={"risk_level": "RED"})
+    for event in (yellow, red):
+        await rmos_client.publish_event(event)
+    ready = await wait_for_explanation(rmos_client, run_id_of(yellow), "READY")
+    assert ready["explanation_summary"] == "saw-0.8mm is fine"
+    failed = await wait_for_explanation(rmos_client, run_id_of(red), "ERROR")
+    assert failed["explanation_error"] == "ValueError: red needs a human"
 """
 
 
@@ -80,7 +101,7 @@ def test_a_downstream_test_file(
     pytester.makepyfile(test_downstream=DOWNSTREAM)
     monkeypatch.setenv("RMOS_PLUGIN_PIDS", str(pids))
     result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", timeout=240)
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     started = [int(line) for line in pids.read_text().split()]
     assert len(set(started)) == 2
     assert not [pid for pid in started if _alive(pid)]
