@@ -6,6 +6,9 @@ is below 1e-4 in magnitude (Python writes an exponent there; non-integral floats
 or a key lies outside the BMP (JCS sorts by UTF-16 code units). One cheap walk looks for those and
 rejects big ints, NaN and Infinity. Integral floats (the common case: ``110.0``) are then written
 as the ints they equal, which JCS prints alike; only what is left goes through ``rfc8785``.
+``orjson.dumps(option=OPT_SORT_KEYS)`` writes the same bytes as that ``json.dumps`` ten times
+sooner, so the fast path uses it (the golden vectors and a property test against ``rfc8785``
+hold both to JCS).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
+import orjson
 import rfc8785
 
 __all__ = [
@@ -281,13 +285,25 @@ def canonical(value: Any) -> bytes:
             value = _integral_floats_as_ints(value)
             fast = _fast_path_safe(value)
         if fast:
-            text = json.dumps(
-                value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            )
-            return _encode_utf8(text)
+            return _fast(value)
         return _slow(value)
     except RecursionError:
         raise InvalidJsonError("nesting too deep") from None
+
+
+def _fast(value: Any) -> bytes:
+    """JCS bytes of a value the walk found safe: orjson (sorted keys, shortest round-trip
+    floats, the same escapes) writes the bytes json.dumps would, ~10 times sooner; a type it
+    does not write (a float subclass) goes through json.dumps."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        if "surrogates" in str(exc):
+            raise InvalidJsonError("lone surrogate in a string") from None
+    text = json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return _encode_utf8(text)
 
 
 def _integral_floats_as_ints(value: Any) -> Any:

@@ -9,6 +9,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import assume, example, given, settings
@@ -229,6 +230,22 @@ class TestFastPath:
 
         value = {Color.RED: [Level.HIGH, Color.RED], "t": (1, 2.5), "w": (1.0,)}
         assert canonical(value) == b'{"RED":[3,"RED"],"t":[1,2.5],"w":[1]}'
+
+    @settings(max_examples=400)
+    @given(json_values)
+    def test_orjson_writes_what_json_dumps_writes(self, value: Any) -> None:
+        """The fast path's orjson bytes are the json.dumps bytes the walk vouches for."""
+        if _fast_path_safe(value):
+            assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == legacy_dumps(value)
+
+    def test_a_type_orjson_does_not_write_goes_through_json_dumps(self) -> None:
+        class Measure(float):
+            pass
+
+        value = {"depth": Measure(1.25), "n": [Measure(0.5)]}
+        assert canonical(value) == b'{"depth":1.25,"n":[0.5]}' == rfc8785.dumps(
+            {"depth": 1.25, "n": [0.5]}
+        )
 
 
 class TestLegacyCompatibility:
