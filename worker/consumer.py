@@ -131,9 +131,12 @@ class EventConsumer:
         linger = max(self._settings.batch_linger_s, 0.001)
         while len(msgs) < self._settings.batch_size:  # each round adds one or more, or ends
             try:
-                msgs += await sub.fetch(self._settings.batch_size - len(msgs), timeout=linger)
+                more = await sub.fetch(self._settings.batch_size - len(msgs), timeout=linger)
             except (TimeoutError, nats.errors.Error):  # a pause in the stream: go with these
                 break
+            if not more:  # a pull ended by a status (408, 409) without a message: a pause too
+                break
+            msgs += more
         return msgs
 
     async def _prepare(

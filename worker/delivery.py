@@ -64,26 +64,34 @@ async def settle_failure(msg: Msg, failure: BaseException, dead_letters: DeadLet
     """Settle ``msg`` as :func:`action_for` says; returns what was done. Never raises: a
     settlement that cannot be sent leaves the message to come back after ``ack_wait``."""
     action = action_for(failure)
-    try:
-        if isinstance(failure, RejectedError):
-            await dead_letters.send_for(msg, failure.code, failure.detail)
-            await msg.term()
-        elif action is Action.HAND_BACK:
-            await msg.nak()
-        else:
-            await dead_letters.retry(msg, failure)
-        return action
-    except Exception as exc:
-        seq = msg.metadata.sequence.stream
-        if action is not Action.DEAD_LETTER:
-            log.warning("seq %s could not be settled; it comes back: %r", seq, exc)
-            return action
-        log.warning("dead letter for seq %s not stored: %r", seq, exc, extra=fields(stream_seq=seq))
+    seq = msg.metadata.sequence.stream
+    if isinstance(failure, RejectedError):
         try:
-            await dead_letters.retry(msg, exc)
-        except Exception as again:
-            log.warning("seq %s could not be settled; it comes back: %r", seq, again)
-        return Action.RETRY
+            await dead_letters.send_for(msg, failure.code, failure.detail)
+        except Exception as exc:  # never termed unrecorded: retried instead
+            log.warning(
+                "dead letter for seq %s not stored: %r", seq, exc, extra=fields(stream_seq=seq)
+            )
+            await _settled(seq, dead_letters.retry(msg, exc))
+            return Action.RETRY
+        try:
+            await msg.term()
+        except Exception as exc:  # the next delivery's letter has the same id: stored once
+            log.warning("seq %s dead-lettered, its term failed; retried: %r", seq, exc)
+            await _settled(seq, dead_letters.retry(msg, exc))
+            return Action.RETRY
+    elif action is Action.HAND_BACK:
+        await _settled(seq, msg.nak())
+    else:
+        await _settled(seq, dead_letters.retry(msg, failure))
+    return action
+
+
+async def _settled(seq: int, settlement: Awaitable[None]) -> None:
+    try:
+        await settlement
+    except Exception as exc:
+        log.warning("seq %s could not be settled; it comes back: %r", seq, exc)
 
 
 class DeadLetters:

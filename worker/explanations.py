@@ -36,6 +36,10 @@ SWEEP_MAX_INTERVAL_S = 30.0
 UNAVAILABLE_RETRY_S = 1.0
 
 
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed (each logged); the others were swept."""
+
+
 class Explanations:
     """Applies lifecycle messages to runs and publishes what they cause."""
 
@@ -51,6 +55,7 @@ class Explanations:
         self._settings = settings
         self._subjects = settings.subjects
         self._clock = clock
+        self._unpublished: set[str] = set()  # runs whose last sweep step failed
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         await self._broker.publish(
@@ -173,8 +178,10 @@ class Explanations:
 
     async def sweep(self, *, republish: bool) -> int:
         """Every ``PENDING`` run: past its deadline, re-requested or failed; else, with
-        ``republish`` (at start-up), its stored request published again. Returns runs seen."""
-        seen = 0
+        ``republish`` (at start-up), its stored request published again. A run whose step
+        failed (a publish refused after its change was stored) does not hold up the rest: its
+        stored request and status go out again at the next sweep. Returns runs seen."""
+        seen, failed = 0, 0
         after: tuple[str, str] | None = None
         while True:
             rows = await self._store.list_runs(
@@ -182,12 +189,33 @@ class Explanations:
             )
             for row in rows[:500]:
                 seen += 1
-                result = await self.transition(row["run_id"], self.tick(), by="deadline")
-                if republish and result is not None and result[1].kind == "unchanged":
-                    await self.announce_created(result[0])
+                run_id = row["run_id"]
+                try:
+                    await self._swept(run_id, republish)
+                except (StoreOutageError, UnavailableError):
+                    raise
+                except Exception as exc:
+                    failed += 1
+                    self._unpublished.add(run_id)
+                    log.warning("explanation sweep: %s not done, next sweep: %r", run_id, exc)
+                else:
+                    self._unpublished.discard(run_id)
             if len(rows) <= 500:
-                return seen
+                break
             after = (rows[499]["created_at_utc"], rows[499]["run_id"])
+        if failed:
+            raise SweepError(f"{failed} of {seen} PENDING runs not swept")
+        return seen
+
+    async def _swept(self, run_id: str, republish: bool) -> None:
+        lost = run_id in self._unpublished  # its last step failed: maybe after it was stored
+        result = await self.transition(run_id, self.tick(), by="deadline")
+        if result is None or result[1].kind != "unchanged" or not (republish or lost):
+            return
+        run = result[0]
+        await self.announce_created(run)  # the stored request (and a creation's status)
+        if lost and run["explanation_status"] == "PENDING" and run["revision"] > 1:
+            await self.publish_status(run, "PENDING")  # its re-request's: the same message id
 
     async def run_sweeps(self, stopping: asyncio.Event) -> None:
         """Sweep at start-up (republishing), then periodically until ``stopping`` is set."""
@@ -203,6 +231,9 @@ class Explanations:
                 wait = min(interval, UNAVAILABLE_RETRY_S)
             except StoreOutageError as exc:  # logged as an outage by the consumers
                 log.info("explanation sweep postponed: store down: %s", exc)
+            except SweepError as exc:  # each logged; those runs are retried at the next sweep
+                log.warning("explanation sweep: %s; trying them again later", exc)
+                republish = False
             except Exception:
                 log.exception("explanation sweep failed; trying again later")
             with contextlib.suppress(TimeoutError):
