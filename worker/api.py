@@ -54,11 +54,10 @@ from worker.core.diff import diff_runs
 from worker.core.ingest import describe_errors
 from worker.core.meta import MetaPatchError, apply_meta_patch, check_meta_patch
 from worker.core.timefmt import utc_now, utc_text
+from worker.delivery import reply_for
 from worker.errors import (
     RejectedError,
     RevisionConflictError,
-    StoreOutageError,
-    TransientError,
 )
 from worker.explanations import Explanations
 from worker.intake import Delivery, Intake, Stored
@@ -184,11 +183,11 @@ class Api:
             return _error(
                 ApiErrorCode.REVISION_CONFLICT, str(exc), expected=exc.expected, actual=exc.actual
             )
-        except StoreOutageError as exc:
-            return _error(ApiErrorCode.UNAVAILABLE, f"store down: {exc}; try again", retryable=True)
-        except TransientError as exc:
-            return _error(ApiErrorCode.UNAVAILABLE, f"{exc}; try again", retryable=True)
-        except Exception:
+        except Exception as exc:
+            reply = reply_for(exc)  # the delivery policy: rejected, store down, may pass
+            if reply is not None:
+                code, message, retryable = reply
+                return _error(code, message, **({"retryable": True} if retryable else {}))
             log.exception("api.%s failed", op, extra=fields(op=op))
             return _error(ApiErrorCode.INTERNAL, "internal error; see the worker's log")
 
@@ -307,7 +306,7 @@ class Api:
         """The ingest path with a reply instead of a dead letter."""
         [outcome] = await self._intake.ingest([Delivery(body, None, utc_now())])
         if isinstance(outcome, RejectedError):
-            raise BadRequestError(outcome.code, outcome.detail)
+            raise outcome  # answered with the code it would be dead-lettered with
         assert isinstance(outcome, Stored)
         await self._explanations.announce_created(outcome.run)
         return _ok(

@@ -1,18 +1,19 @@
 """How a message delivered by JetStream is settled: the one delivery policy of the events
-consumer, the patches consumer and (for the outcome of ``create``) the API, and the dead-letter
-publisher they share.
+consumer, the patches consumer and the API (which answers instead of settling), and the
+dead-letter publisher they share.
 
 A failure's :class:`Action` depends only on what failed (:func:`action_for`):
 
     RejectedError       DEAD_LETTER  the message can never be accepted: a dead letter with its
-                                     code (awaiting its PubAck), then term; ``create`` answers
-                                     the same code
+                                     code (awaiting its PubAck), then term; the API answers
+                                     that code (``create``: what the stream would dead-letter)
     StoreOutageError    HAND_BACK    the store is down as a whole and we are stopping (until
                                      then ``worker.outage`` holds the message): nak at once, for
-                                     whoever runs next; ``create`` answers UNAVAILABLE, retryable
+                                     whoever runs next; the API answers UNAVAILABLE, retryable
     anything else       RETRY        may pass: nak with a delay growing with the delivery count,
                                      on the last allowed delivery a dead letter MAX_DELIVERIES;
-                                     ``create`` answers UNAVAILABLE, retryable
+                                     the API answers UNAVAILABLE, retryable, for a
+                                     TransientError and INTERNAL (logged) for anything else
 
 A dead letter that cannot be stored turns DEAD_LETTER into RETRY: nothing is termed unrecorded.
 """
@@ -29,11 +30,11 @@ from typing import Any
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
-from contracts.codes import DeadLetterCode
+from contracts.codes import ApiErrorCode, DeadLetterCode
 from contracts.subjects import EVENTS_CONSUMER
 from worker.core.dead_letter import dead_letter, dead_letter_msg_id
 from worker.core.timefmt import utc_now
-from worker.errors import RejectedError, StoreOutageError
+from worker.errors import RejectedError, StoreOutageError, TransientError
 from worker.logs import fields
 from worker.metrics import DEAD_LETTERS
 from worker.settings import Settings
@@ -58,6 +59,19 @@ def action_for(failure: BaseException) -> Action:
     if isinstance(failure, StoreOutageError):
         return Action.HAND_BACK
     return Action.RETRY
+
+
+def reply_for(failure: BaseException) -> tuple[str, str, bool] | None:
+    """The same policy for a request-reply caller (``create`` and every other API operation):
+    (code, message, retryable), or None for a failure that is a bug (INTERNAL)."""
+    action = action_for(failure)
+    if isinstance(failure, RejectedError):  # what it would be dead-lettered with
+        return failure.code, failure.detail, False
+    if action is Action.HAND_BACK:
+        return ApiErrorCode.UNAVAILABLE, f"store down: {failure}; try again", True
+    if isinstance(failure, TransientError):
+        return ApiErrorCode.UNAVAILABLE, f"{failure}; try again", True
+    return None
 
 
 async def settle_failure(msg: Msg, failure: BaseException, dead_letters: DeadLetters) -> Action:

@@ -22,7 +22,7 @@ from tests.unit.fakes import (
     as_msg,
 )
 from worker.core.timefmt import utc_text
-from worker.delivery import Action, DeadLetters, action_for, settle_failure
+from worker.delivery import Action, DeadLetters, action_for, reply_for, settle_failure
 from worker.errors import (
     RejectedError,
     RevisionConflictError,
@@ -287,3 +287,28 @@ class TestSettlementFails:
         assert action is Action.RETRY
         assert msg.calls == [("term",)]
         assert [p.subject for p in broker.published] == [DLQ + "MAX_DELIVERIES"]
+
+
+class TestReplyFor:
+    """The API answers the same policy instead of settling a message."""
+
+    def test_rejected_is_its_code(self) -> None:
+        failure = RejectedError(DeadLetterCode.RUN_ID_CONFLICT, "held by another event")
+        assert reply_for(failure) == ("RUN_ID_CONFLICT", "held by another event", False)
+
+    def test_store_down_may_be_retried(self) -> None:
+        assert reply_for(StoreOutageError("no space")) == (
+            "UNAVAILABLE",
+            "store down: no space; try again",
+            True,
+        )
+
+    def test_a_passing_failure_may_be_retried(self) -> None:
+        assert reply_for(TransientError("index locked")) == (
+            "UNAVAILABLE",
+            "index locked; try again",
+            True,
+        )
+
+    def test_a_bug_is_no_reply_of_the_policy(self) -> None:
+        assert reply_for(KeyError("x")) is None
