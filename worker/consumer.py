@@ -29,7 +29,6 @@ from nats.js import JetStreamContext
 from contracts.subjects import EVENTS_CONSUMER
 from worker import tracing
 from worker.delivery import (
-    IDLE_FETCH_S,
     Action,
     DeadLetters,
     FetchFailures,
@@ -120,14 +119,9 @@ class EventConsumer:
     async def _next_batch(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         """Block until one event is there, then take more while they keep coming: the batch
         ends when it is full or no event arrives within ``batch_linger_s``."""
-        try:
-            msgs = await sub.fetch(1, timeout=IDLE_FETCH_S)
-        except TimeoutError:  # nats-py raises both its own and asyncio's
+        msgs = await self._fetch_failures.fetch(sub, 1)
+        if not msgs:
             return []
-        except nats.errors.Error as exc:  # disconnected, reconnecting: do not spin
-            await self._fetch_failures.failed(exc)
-            return []
-        self._fetch_failures.worked()
         linger = max(self._settings.batch_linger_s, 0.001)
         while len(msgs) < self._settings.batch_size:  # each round adds one or more, or ends
             try:

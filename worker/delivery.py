@@ -27,8 +27,10 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+import nats.errors
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from contracts.codes import ApiErrorCode, DeadLetterCode
 from contracts.subjects import EVENTS_CONSUMER
@@ -201,6 +203,21 @@ class FetchFailures:
         )
         self._count += 1
         await asyncio.sleep(FETCH_RETRY_S)
+
+    async def fetch(
+        self, sub: JetStreamContext.PullSubscription, batch: int, timeout: float = IDLE_FETCH_S
+    ) -> list[Msg]:
+        """One pull of up to ``batch``: [] when nothing came within ``timeout``, or when it
+        failed (said as above, after a pause so that a broken connection is not spun on)."""
+        try:
+            msgs = await sub.fetch(batch, timeout=timeout)
+        except TimeoutError:  # nats-py raises both its own and asyncio's
+            return []
+        except nats.errors.Error as exc:  # disconnected, reconnecting, no leader
+            await self.failed(exc)
+            return []
+        self.worked()
+        return msgs
 
     def worked(self) -> None:
         if self._count:

@@ -60,7 +60,7 @@ from worker.connection import (
     servers,
 )
 from worker.core.timefmt import utc_now, utc_text
-from worker.delivery import IDLE_FETCH_S, FetchFailures
+from worker.delivery import FetchFailures
 from worker.output import Exit
 
 log = logging.getLogger(__name__)
@@ -299,15 +299,7 @@ class Explainer:
                 if free == 0:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                try:
-                    msgs = await sub.fetch(free, timeout=IDLE_FETCH_S)
-                except TimeoutError:
-                    continue
-                except nats.errors.Error as exc:
-                    await failures.failed(exc)
-                    continue
-                failures.worked()
-                for msg in msgs:
+                for msg in await failures.fetch(sub, free):
                     task = asyncio.create_task(self.handle(msg))
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)

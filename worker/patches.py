@@ -25,7 +25,7 @@ from contracts.subjects import PATCHES_CONSUMER
 from worker import tracing
 from worker.core import lifecycle
 from worker.core.ingest import describe_errors
-from worker.delivery import IDLE_FETCH_S, Action, DeadLetters, FetchFailures, settle_failure
+from worker.delivery import Action, DeadLetters, FetchFailures, settle_failure
 from worker.errors import RejectedError
 from worker.explanations import Explanations
 from worker.logs import fields
@@ -91,14 +91,7 @@ class PatchConsumer:
         try:
             while not self._stopping.is_set():
                 await self._outage.passable(self._stopping)  # fetch nothing while it is down
-                try:
-                    msgs = await sub.fetch(FETCH, timeout=IDLE_FETCH_S)
-                except TimeoutError:
-                    continue
-                except nats.errors.Error as exc:
-                    await fetch_failures.failed(exc)
-                    continue
-                fetch_failures.worked()
+                msgs = await fetch_failures.fetch(sub, FETCH)
                 self._outage.hold(msgs)
                 try:
                     for msg in msgs:
