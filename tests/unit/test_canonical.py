@@ -243,8 +243,10 @@ class TestFastPath:
             pass
 
         value = {"depth": Measure(1.25), "n": [Measure(0.5)]}
-        assert canonical(value) == b'{"depth":1.25,"n":[0.5]}' == rfc8785.dumps(
-            {"depth": 1.25, "n": [0.5]}
+        assert (
+            canonical(value)
+            == b'{"depth":1.25,"n":[0.5]}'
+            == rfc8785.dumps({"depth": 1.25, "n": [0.5]})
         )
 
 
