@@ -220,7 +220,10 @@ class Explainer:
         the rest, close the connection."""
         self._stopping.set()
         if self._pulling is not None:
-            await self._pulling
+            try:
+                await self._pulling
+            except Exception as exc:  # never a silent stop: a loop that failed is said
+                log.error("the explainer's pull loop failed: %r", exc)
             self._pulling = None
         if self._nc is not None:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
@@ -236,15 +239,24 @@ class Explainer:
             loop.add_signal_handler(sig, self._stopping.set)
         try:
             await self.start()
-            await self._stopping.wait()
+            stopping = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait(
+                {stopping, *([self._pulling] if self._pulling else [])},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            stopping.cancel()
+            failed = not self._stopping.is_set()  # the pull loop ended by itself (stop says why)
         except ConnectError as exc:
             log.error("cannot start: %s", exc)
             return Exit.UNREACHABLE
+        except Exception as exc:  # e.g. its consumer refused (the role's permissions)
+            log.error("cannot start: %s", exc)
+            return Exit.FAILED
         finally:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        return Exit.OK
+        return Exit.FAILED if failed else Exit.OK
 
     @property
     def _connection(self) -> Client:

@@ -3,6 +3,7 @@ exception becomes (CONTRACT section 4: a summary or an error of 1-4000 character
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from worker import explainer as sdk
+from worker.output import Exit
 from worker.reference import RuleExplainer
 
 MODULE = """
@@ -135,3 +137,34 @@ def test_the_reference_explains_a_blocked_run() -> None:
     assert explanation.summary.startswith(f"Run {run['run_id']} (feasibility of saw")
     assert "Warning: thin wall." in (explanation.text or "")
     assert sdk.outcome(explanation) == (explanation.summary, explanation.text)
+
+
+class TestRun:
+    """``run()`` never hangs on a loop that died, nor ends in a traceback."""
+
+    async def test_a_pull_loop_that_fails_ends_the_service(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        explainer = sdk.Explainer(RuleExplainer(), "nats://127.0.0.1:4222")
+
+        async def broken() -> None:
+            raise RuntimeError("consumer deleted")
+
+        async def start() -> None:
+            explainer._pulling = asyncio.create_task(broken())
+
+        monkeypatch.setattr(explainer, "start", start)
+        assert await asyncio.wait_for(explainer.run(), 5) == Exit.FAILED
+        assert "pull loop failed: RuntimeError('consumer deleted')" in caplog.text
+
+    async def test_a_start_that_is_refused_is_one_line(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        explainer = sdk.Explainer(RuleExplainer(), "nats://127.0.0.1:4222")
+
+        async def start() -> None:
+            raise PermissionError("consumer create refused")
+
+        monkeypatch.setattr(explainer, "start", start)
+        assert await asyncio.wait_for(explainer.run(), 5) == Exit.FAILED
+        assert "cannot start: consumer create refused" in caplog.text
