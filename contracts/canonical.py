@@ -52,6 +52,11 @@ _MAX_PLAIN_FLOAT: Final = 1e16
 MAX_DEPTH: Final = 128
 _MAX_BMP: Final = "\uffff"
 _CHUNK: Final = 1 << 20
+# orjson.loads turns an integer literal beyond 64 bits into a float: such texts (19 digits or
+# more in a row, also inside strings) take the strict parser, which keeps the integer. Found by
+# mapping each digit to "0" and anything else to " " (two C calls, 1 µs; a regex takes 9).
+_DIGITS_AS_ZEROS: Final = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_DIGITS: Final = b"0" * 19
 # A JSON escape that decodes to a UTF-16 surrogate; only then can a parsed string hold a lone one.
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -102,9 +107,10 @@ def _placeholder_int(text: str) -> int:
         return 0
 
 
-def _check_depth(text: str, value: Any) -> None:
-    """Raise InvalidJsonError when ``value`` nests arrays and objects deeper than MAX_DEPTH."""
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
+def _check_depth(brackets: int, value: Any) -> None:
+    """Raise InvalidJsonError when ``value`` (parsed from a text with ``brackets`` opening
+    brackets) nests arrays and objects deeper than MAX_DEPTH."""
+    if brackets <= MAX_DEPTH:
         return  # cannot nest deeper than it has brackets: the common case, two C calls
     stack = [(value, 1)]
     while stack:
@@ -168,14 +174,28 @@ def parse_json(data: bytes | str) -> Any:
     NonCanonicalValueError; the one exception is an integer literal longer than Python converts
     (``sys.get_int_max_str_digits()``, 4300 digits), for which parse_json itself raises
     NonCanonicalValueError once the rest of the text is known to be JSON.
+
+    Bytes are parsed by orjson (2 µs against 8 for a 1.1 KB event); whatever it refuses, and a
+    text with 19 digits in a row, goes through ``json``'s strict decoder, which str input takes:
+    values and error classes are the same either way (a property test holds them to it).
     """
     if isinstance(data, str):
         text = data
         if not text.isascii():
             _encode_utf8(text)  # a raw lone surrogate in a str body
     else:
+        data = bytes(data)
+        if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZEROS):
+            try:
+                value = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass  # the strict parser below says why, in the contract's words
+            else:
+                if type(value) is dict or type(value) is list:
+                    _check_depth(data.count(b"[") + data.count(b"{"), value)
+                return value
         try:
-            text = bytes(data).decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidJsonError(f"invalid UTF-8 at byte {exc.start}") from None
     try:
@@ -193,7 +213,7 @@ def parse_json(data: bytes | str) -> Any:
 
 def _check_parsed(text: str, value: Any) -> None:
     if type(value) is dict or type(value) is list:
-        _check_depth(text, value)
+        _check_depth(text.count("[") + text.count("{"), value)
         _check_surrogates(text, value)
     elif type(value) is str:
         _check_surrogates(text, value)
