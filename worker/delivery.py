@@ -229,7 +229,21 @@ async def together(settlements: Iterable[Awaitable[object]]) -> None:
     """Send acks, naks and terms concurrently; one that fails is redelivered after ack_wait."""
     for outcome in await asyncio.gather(*settlements, return_exceptions=True):
         if isinstance(outcome, BaseException):
-            log.warning("a message could not be settled and will be redelivered: %r", outcome)
+            _unsettled(outcome)
+
+
+async def in_turn(settlements: Iterable[Awaitable[object]]) -> None:
+    """As :func:`together`, one after the other and without a task each: for settlements that
+    do not wait for the server."""
+    for settlement in settlements:
+        try:
+            await settlement
+        except Exception as exc:
+            _unsettled(exc)
+
+
+def _unsettled(exc: BaseException) -> None:
+    log.warning("a message could not be settled and will be redelivered: %r", exc)
 
 
 def nak_delay(delivered: int, settings: Settings) -> float:

@@ -394,6 +394,13 @@ class TestSettle:
         await rig.handle(m)
         assert [msg.calls for msg in m] == [[("ack",), ("nak", 0.5)], [("term",), ("nak", 0.5)]]
 
+    async def test_one_unsettled_ack_leaves_the_others_acked(self) -> None:
+        """Acks go one after the other: one whose ack and nak both fail does not stop the rest."""
+        rig = Rig()
+        m = [*rig.msgs(b"x1", failing={"ack", "nak"}), *rig.msgs(b"x2", b"x3")]
+        await rig.handle(m)
+        assert [msg.calls for msg in m] == [[("ack",), ("nak", 0.5)], [("ack",)], [("ack",)]]
+
 
 class TestCommitFails:
     async def test_transient_naks_the_whole_batch(self) -> None:
