@@ -52,6 +52,12 @@ ADOPT_ATTEMPTS = 5  # start-up adoption of runs older than the log: tries, 0.5 s
 API_WORKERS = 16
 
 
+async def _as_is(msg: NatsMessage) -> NatsMessage:
+    """The subscribers' decoder: the message itself, its body not parsed (FastStream's default
+    tries ``json.loads`` on every body; the handlers read ``msg.body`` themselves)."""
+    return msg
+
+
 class Worker:
     """One worker process: owns the broker, the store and the consumer task."""
 
@@ -65,6 +71,9 @@ class Worker:
             closed_cb=self._on_closed,
             graceful_timeout=settings.graceful_timeout_s,
             log_level=logging.DEBUG,  # one line per API call is noise at INFO
+            # No dependency injection: the handlers take the message (``_as_is``); fast_depends
+            # resolved that argument in a worker thread per request (py-spy, issue 14).
+            apply_types=False,
         )
         self.app = FastStream(
             self.broker,
@@ -120,7 +129,9 @@ class Worker:
         prefix = subjects.api + "."
 
         # Requests are answered concurrently: a slow list or verify never holds up a create.
-        @self.broker.subscriber(f"{subjects.api}.>", queue=API_QUEUE, max_workers=API_WORKERS)
+        @self.broker.subscriber(
+            f"{subjects.api}.>", queue=API_QUEUE, max_workers=API_WORKERS, decoder=_as_is
+        )
         async def api_request(msg: NatsMessage) -> NatsResponse:
             op = msg.raw_message.subject.removeprefix(prefix)
             with tracing.continued(msg.headers, f"rmos.api.{op}", kind="server"):
@@ -129,7 +140,7 @@ class Worker:
 
         watcher = MaxDeliveriesWatcher(self.broker, self.dead_letters, self.settings)
 
-        @self.broker.subscriber(watcher.subject, queue=API_QUEUE)
+        @self.broker.subscriber(watcher.subject, queue=API_QUEUE, decoder=_as_is)
         async def max_deliveries(msg: NatsMessage) -> None:
             try:
                 await watcher.on_advisory(json.loads(msg.body))
