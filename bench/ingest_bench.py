@@ -54,7 +54,7 @@ from nats.js.api import PubAck
 
 from contracts.canonical import derive_run_id
 from contracts.subjects import EVENTS_CONSUMER
-from worker.client import RunsClient
+from worker.client import RunsApiError, RunsClient
 from worker.connection import servers
 from worker.core.ingest import build_artifact, check_event
 from worker.core.timefmt import utc_text
@@ -992,11 +992,9 @@ async def one_rep(cfg: Config, tmp: Path, rep: int, res: Results) -> None:
 
 
 async def main(cfg: Config) -> int:
-    TMP_PARENT.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=TMP_PARENT, prefix="ingest-"))
     res = Results()
-    try:
-        environment_notes(tmp)
+
+    async def body(tmp: Path) -> None:
         for rep in range(1, cfg.reps + 1):
             await one_rep(cfg, tmp, rep, res)
         if cfg.profile is not None:
@@ -1004,7 +1002,24 @@ async def main(cfg: Config) -> int:
             work.mkdir()
             await profile_rep(cfg, work, prepare("profile", cfg.events, cfg.integral_floats))
         print_report(res, cfg)
-    except (BenchError, WorkerExited) as exc:
+
+    return await in_temp_dir("ingest-", body)
+
+
+async def in_temp_dir(
+    prefix: str, body: Callable[[Path], Awaitable[None]], *, keep: bool = False
+) -> int:
+    """Run a benchmark's ``body`` in a fresh dir under TMP_PARENT, removed after unless ``keep``.
+
+    0 when it completes; 1 when a phase fails or times out, the reason and the workers' findings
+    printed (every bench script's ``main``).
+    """
+    TMP_PARENT.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=TMP_PARENT, prefix=prefix))
+    try:
+        environment_notes(tmp)
+        await body(tmp)
+    except (BenchError, RunsApiError, WorkerExited) as exc:
         print(f"\nFAILED: {exc}", flush=True)
         print_findings()
         return 1
@@ -1014,11 +1029,14 @@ async def main(cfg: Config) -> int:
         print_findings()
         return 1
     finally:
-        started = time.perf_counter()
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"removed {tmp} in {time.perf_counter() - started:.1f}s", flush=True)
-        with contextlib.suppress(OSError):
-            TMP_PARENT.rmdir()  # only when no other run is using it
+        if keep:
+            print(f"kept {tmp} (logs, stores)", flush=True)
+        else:
+            started = time.perf_counter()
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"removed {tmp} in {time.perf_counter() - started:.1f}s", flush=True)
+            with contextlib.suppress(OSError):
+                TMP_PARENT.rmdir()  # only when no other run is using it
     return 0
 
 

@@ -27,11 +27,8 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,14 +40,13 @@ from ingest_bench import (
     READY_TIMEOUT,
     SOURCE,
     SUBJECTS,
-    TMP_PARENT,
     BenchError,
     CpuMeter,
     Prepared,
     bounded,
     connection,
     dlq_count,
-    environment_notes,
+    in_temp_dir,
     make_event,
     median,
     nats_server,
@@ -70,7 +66,7 @@ from contracts.canonical import derive_run_id
 from worker.client import RunsApiError, RunsClient
 from worker.nats_server import NatsServer
 from worker.processes import die_with_parent
-from worker.testing import WorkerExited, WorkerProcess
+from worker.testing import WorkerProcess
 
 SCRIPT = Path(__file__).resolve()
 ECHO_SUBJECT = "bench.echo"
@@ -493,31 +489,14 @@ def print_store(res: StoreResult, cfg: Config) -> None:
 
 
 async def main(cfg: Config) -> int:
-    TMP_PARENT.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=TMP_PARENT, prefix="query-"))
-    results: list[StoreResult] = []
-    try:
-        environment_notes(tmp)
+    async def body(tmp: Path) -> None:
         print(f"query event size {len(query_events('probe', 1)[0].payload)} bytes", flush=True)
-        for store in cfg.stores:
-            results.append(await bench_store(cfg, store, tmp))
+        results = [await bench_store(cfg, store, tmp) for store in cfg.stores]
         for res in results:
             print_store(res, cfg)
         print_findings()
-    except (BenchError, WorkerExited, RunsApiError) as exc:
-        print(f"\nFAILED: {exc}", flush=True)
-        print_findings()
-        return 1
-    except TimeoutError:
-        print("\nFAILED: a phase timed out:", flush=True)
-        traceback.print_exc(limit=-4)
-        print_findings()
-        return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            TMP_PARENT.rmdir()  # only when no other run is using it
-    return 0
+
+    return await in_temp_dir("query-", body)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:

@@ -37,12 +37,9 @@ import math
 import os
 import random
 import re
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -64,7 +61,6 @@ from ingest_bench import (
     SOURCE,
     STREAM,
     SUBJECTS,
-    TMP_PARENT,
     BenchError,
     CpuMeter,
     Prepared,
@@ -74,7 +70,7 @@ from ingest_bench import (
     bounded,
     connection,
     dlq_count,
-    environment_notes,
+    in_temp_dir,
     make_event,
     median,
     nats_summed,
@@ -102,7 +98,7 @@ from worker.nats_cluster import NatsCluster, free_port
 from worker.nats_server import NatsServer
 from worker.store.jetstream import EXPECTED_LAST_SUBJECT_SEQ, JetStreamStore
 from worker.store.revisions import encode
-from worker.testing import WorkerExited, WorkerProcess
+from worker.testing import WorkerProcess
 
 RUNS_BUCKET = f"{SUBJECTS.stream_prefix}_RUNS"
 RUNS_STREAM = f"KV_{RUNS_BUCKET}"
@@ -864,11 +860,9 @@ async def lag_phase(cfg: Config, tmp: Path, res: Results) -> None:
 
 
 async def main(cfg: Config) -> int:
-    TMP_PARENT.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=TMP_PARENT, prefix="store-"))
     res = Results()
-    try:
-        environment_notes(tmp)
+
+    async def body(tmp: Path) -> None:
         if "ingest" in cfg.phases:
             print("\n1. durable ingest (s = first publish -> ack floor at the last sequence)")
             await ingest_phase(cfg, tmp, res)
@@ -879,24 +873,8 @@ async def main(cfg: Config) -> int:
             print("\n3. projection lag under a flood")
             await lag_phase(cfg, tmp, res)
         print_report(cfg, res)
-    except (BenchError, RunsApiError, WorkerExited) as exc:
-        print(f"\nFAILED: {exc}", flush=True)
-        print_findings()
-        return 1
-    except TimeoutError:
-        print("\nFAILED: a phase timed out:", flush=True)
-        traceback.print_exc(limit=-4)
-        print_findings()
-        return 1
-    finally:
-        if cfg.keep:
-            print(f"kept {tmp} (logs, stores)", flush=True)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-            print(f"removed {tmp}", flush=True)
-            with contextlib.suppress(OSError):
-                TMP_PARENT.rmdir()  # only when no other run is using it
-    return 0
+
+    return await in_temp_dir("store-", body, keep=cfg.keep)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
