@@ -1,8 +1,9 @@
 """The composition root: broker, streams, the events consumer, the API, start and stop.
 
 Start-up order matters for readiness (CONTRACT section 0): the store is opened (leftover temp
-files swept) and the streams and durable consumer declared *before* the broker starts its
-subscribers, so a worker that answers ``api.get`` has everything in place.
+files swept) and the streams and durable consumers declared *before* the API subscribes
+(``worker.responder``, last in start-up), so a worker that answers ``api.get`` has everything in
+place. The API stops last, after the consumers have finished their batches.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from faststream import FastStream
-from faststream.nats import NatsMessage, NatsResponse
+from faststream.nats import NatsMessage
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts.subjects import EVENTS_CONSUMER
 from worker import health, metrics, multiproc, tracing
-from worker.api import Api
+from worker.api import Api, Reply
 from worker.broker import Broker
 from worker.checkpoints import Checkpoints
 from worker.connection import ConnectError, connect_options, connector
@@ -33,6 +35,7 @@ from worker.outage import Outage
 from worker.output import Exit
 from worker.patches import PatchConsumer
 from worker.proofs import Proofs
+from worker.responder import Responder
 from worker.settings import Settings
 from worker.store.base import RunStore
 from worker.store.files import FileStore
@@ -53,8 +56,8 @@ API_WORKERS = 16
 
 
 async def _as_is(msg: NatsMessage) -> NatsMessage:
-    """The subscribers' decoder: the message itself, its body not parsed (FastStream's default
-    tries ``json.loads`` on every body; the handlers read ``msg.body`` themselves)."""
+    """The advisories subscriber's decoder: the message itself, its body not parsed
+    (FastStream's default tries ``json.loads`` on every body; the handler reads ``msg.body``)."""
     return msg
 
 
@@ -70,7 +73,7 @@ class Worker:
             reconnect_time_wait=1,
             closed_cb=self._on_closed,
             graceful_timeout=settings.graceful_timeout_s,
-            log_level=logging.DEBUG,  # one line per API call is noise at INFO
+            log_level=logging.DEBUG,  # a line per message handled is noise at INFO
             # No dependency injection: the handlers take the message (``_as_is``); fast_depends
             # resolved that argument in a worker thread per request (py-spy, issue 14).
             apply_types=False,
@@ -128,16 +131,15 @@ class Worker:
         subjects = self.settings.subjects
         prefix = subjects.api + "."
 
-        # Requests are answered concurrently: a slow list or verify never holds up a create.
-        @self.broker.subscriber(
-            f"{subjects.api}.>", queue=API_QUEUE, max_workers=API_WORKERS, decoder=_as_is
-        )
-        async def api_request(msg: NatsMessage) -> NatsResponse:
-            op = msg.raw_message.subject.removeprefix(prefix)
+        async def api_request(msg: Msg) -> Reply:
+            op = msg.subject.removeprefix(prefix)
             with tracing.continued(msg.headers, f"rmos.api.{op}", kind="server"):
-                reply = await self.api.handle(op, msg.body, msg.headers)
-            return NatsResponse(reply.body, headers=reply.headers)
+                return await self.api.handle(op, msg.data, msg.headers or {})
 
+        # Requests are answered concurrently: a slow list or verify never holds up a create.
+        self.responder = Responder(
+            f"{subjects.api}.>", API_QUEUE, api_request, concurrency=API_WORKERS
+        )
         watcher = MaxDeliveriesWatcher(self.broker, self.dead_letters, self.settings)
 
         @self.broker.subscriber(watcher.subject, queue=API_QUEUE, decoder=_as_is)
@@ -186,6 +188,7 @@ class Worker:
         await self._adopt_unlogged()
         await ensure_consumer(js, subjects.events_stream, events_consumer_config(self.settings))
         await ensure_consumer(js, subjects.explain_stream, patches_consumer_config(self.settings))
+        await self.responder.start(self.broker.config.connection_state.connection)
 
     async def _adopt_unlogged(self) -> None:
         """A store older than its Merkle log (an upgrade) has its runs logged as they stand;
@@ -285,6 +288,7 @@ class Worker:
             for task in late:
                 log.warning("%s did not finish in time; its messages will come back", task)
                 task.cancel()
+        await self.responder.stop(self.settings.graceful_timeout_s)  # then FastStream's
 
     async def _after_shutdown(self) -> None:
         if self._probes is not None:
