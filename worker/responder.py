@@ -52,6 +52,7 @@ class Responder:
         self._answering: set[asyncio.Task[None]] = set()
         self._nc: Client | None = None
         self._sub: Subscription | None = None
+        self._stopped = False
 
     async def start(self, nc: Client) -> None:
         """Subscribe on ``nc`` (nats-py subscribes again by itself after a reconnect)."""
@@ -62,6 +63,9 @@ class Responder:
         # nats-py awaits this before it hands over the next message: waiting for a slot here
         # is the back-pressure.
         await self._slots.acquire()
+        if self._stopped:  # taken after a stop ran out of time: its requester times out
+            self._slots.release()
+            return
         task = asyncio.create_task(self._answer(msg))
         self._answering.add(task)
         task.add_done_callback(self._answering.discard)
@@ -85,6 +89,7 @@ class Responder:
         deadline = time.monotonic() + timeout
         with suppress(Exception):  # a connection already closed or draining: nothing to drain
             await asyncio.wait_for(sub.drain(), timeout)  # type: ignore[no-untyped-call]
+        self._stopped = True  # a drain cut short leaves requests that are no longer started
         if self._answering:
             remaining = max(deadline - time.monotonic(), 0.0)
             _, late = await asyncio.wait(set(self._answering), timeout=remaining)

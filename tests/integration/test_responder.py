@@ -119,12 +119,19 @@ class TestResponder:
             await nc.request("t.api.slow", b"late", timeout=2)
 
     async def test_stop_is_bounded(self, nc: Client) -> None:
-        """A handler that never returns is cancelled when the stop's time is up."""
+        """Handlers that never return are cancelled when the stop's time is up, and a request
+        still waiting for a slot then is not started."""
         handler = Gated()
         responder = await serving(nc, handler)
-        call = asyncio.create_task(nc.request("t.api.slow", b"hung", timeout=5))
-        await handler.started(1)
+        calls = [
+            asyncio.create_task(nc.request("t.api.slow", b"hung", timeout=3)) for _ in range(3)
+        ]
+        await handler.started(2)
         await asyncio.wait_for(responder.stop(0.5), 5)
         assert handler.running == 0
-        with pytest.raises(nats.errors.TimeoutError):
-            await call
+        await asyncio.sleep(0.3)  # time for the third to start, were it let in
+        assert handler.running == 0
+        assert handler.most == 2
+        for call in calls:
+            with pytest.raises(nats.errors.TimeoutError):
+                await call
