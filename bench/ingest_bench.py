@@ -168,6 +168,21 @@ class Prepared:
     run_id: str
 
 
+def mixed_event(tag: str, i: int, occurred_at: datetime, tools: Sequence[str]) -> dict[str, Any]:
+    """``make_event``'s event with a spread of ``tools`` and statuses: 80 % OK (GREEN,
+    feasibility present), 15 % ERROR, 5 % BLOCKED; never wanting an explanation (so the worker's
+    sweeps leave the store alone)."""
+    event = make_event(tag, i, occurred_at=occurred_at)
+    event["tool_id"] = tools[i % len(tools)]
+    kind = (i // len(tools)) % 20
+    if kind < 3:
+        event["status"], event["decision"]["risk_level"] = "ERROR", "ERROR"
+    elif kind == 3:
+        event["status"], event["decision"]["risk_level"] = "BLOCKED", "RED"
+    event["explain"] = False
+    return event
+
+
 def prepare(tag: str, n: int, integral_floats: bool) -> list[Prepared]:
     out = []
     start = datetime.now(UTC)

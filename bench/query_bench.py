@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import nats
 from ingest_bench import (
@@ -47,8 +46,8 @@ from ingest_bench import (
     connection,
     dlq_count,
     in_temp_dir,
-    make_event,
     median,
+    mixed_event,
     nats_server,
     note_code_change,
     percentile,
@@ -115,26 +114,12 @@ class Config:
 # ----------------------------------------------------------------------------------------- events
 
 
-def query_event(tag: str, i: int, occurred_at: datetime) -> dict[str, Any]:
-    """``make_event``'s ~1.1 KB event, one of 4 tools; 80 % OK (GREEN, feasibility present, as
-    ``make_event`` gives), 15 % ERROR, 5 % BLOCKED; never wanting an explanation."""
-    event = make_event(tag, i, occurred_at=occurred_at)
-    event["tool_id"] = TOOLS[i % len(TOOLS)]
-    kind = (i // len(TOOLS)) % 20
-    if kind < 3:
-        event["status"], event["decision"]["risk_level"] = "ERROR", "ERROR"
-    elif kind == 3:
-        event["status"], event["decision"]["risk_level"] = "BLOCKED", "RED"
-    event["explain"] = False
-    return event
-
-
 def query_events(tag: str, n: int) -> list[Prepared]:
     """``n`` encoded events with increasing times (the newest last, as ``list`` sorts)."""
     start = datetime.now(UTC) - timedelta(milliseconds=n)
     out = []
     for i in range(n):
-        event = query_event(tag, i, start + timedelta(milliseconds=i))
+        event = mixed_event(tag, i, start + timedelta(milliseconds=i), TOOLS)
         run_id = derive_run_id(SOURCE, event["event_id"])
         out.append(Prepared(f"{SOURCE}:{event['event_id']}", json.dumps(event).encode(), run_id))
     return out

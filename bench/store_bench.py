@@ -52,7 +52,6 @@ from collections.abc import (
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import nats.errors
 from ingest_bench import (
@@ -73,6 +72,7 @@ from ingest_bench import (
     in_temp_dir,
     make_event,
     median,
+    mixed_event,
     nats_summed,
     note_code_change,
     per_message,
@@ -282,26 +282,12 @@ class Fill:
     seconds: float  # publishing only (artifacts are built between the timed chunks)
 
 
-def fill_event(i: int, first: datetime) -> dict[str, Any]:
-    """A bench event with a spread of tools and statuses (15 % ERROR, 5 % BLOCKED), never
-    wanting an explanation (so the worker's sweeps leave the bucket alone)."""
-    event = make_event("fill", i, occurred_at=first + timedelta(milliseconds=i))
-    event["tool_id"] = TOOLS[i % len(TOOLS)]
-    kind = (i // len(TOOLS)) % 20
-    if kind < 3:
-        event["status"], event["decision"]["risk_level"] = "ERROR", "ERROR"
-    elif kind == 3:
-        event["status"], event["decision"]["risk_level"] = "BLOCKED", "RED"
-    event["explain"] = False
-    return event
-
-
 def fill_chunk(start: int, stop: int, first: datetime) -> list[tuple[str, bytes]]:
     """(subject, value) of runs ``start``..``stop``: ``build_artifact`` + ``encode``, as stored."""
     out = []
     now = datetime.now(UTC)
     for i in range(start, stop):
-        raw = json.dumps(fill_event(i, first)).encode()
+        raw = json.dumps(mixed_event("fill", i, first + timedelta(milliseconds=i), TOOLS)).encode()
         checked = check_event(raw, subject_source=SOURCE, max_bytes=SETTINGS.max_event_bytes)
         artifact = build_artifact(checked, parent=None, stored_at=now, now=now)
         out.append((f"$KV.{RUNS_BUCKET}.{checked.run_id}", encode(artifact)))
