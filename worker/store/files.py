@@ -31,6 +31,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from contracts.canonical import sha256_file, sha256_hex
 from contracts.models import RUN_ID_PATTERN, SHA256_PATTERN
 from contracts.transparency import leaf_record
@@ -38,6 +40,7 @@ from worker.core.timefmt import utc_now
 from worker.core.verify import Check, attachment_hashes, parse_stored, verify_artifact
 from worker.errors import StoreOutageError, TransientError
 from worker.store.base import BlobInfo, Created, Decide, Leaf, NewRun, Query, StoredRun
+from worker.store.cached_read import read_all, read_file
 from worker.store.index import RunIndex
 from worker.store.merkle_log import MerkleLog
 from worker.store.revisions import Revisions, created_entry, encode
@@ -51,9 +54,10 @@ _SHARDS = [f"{i:02x}" for i in range(256)]
 
 
 async def _read(path: Path) -> bytes | None:
-    """A file's bytes, read in one trip to a thread (aiofiles takes three: open, read, close)."""
+    """A file's bytes: on the loop when the kernel's caches hold it, else in one trip to a
+    thread (``cached_read``); None when it is absent."""
     try:
-        return await asyncio.to_thread(_read_all, str(path))
+        return await read_file(str(path))
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -119,10 +123,10 @@ class FileStore:
                     continue
                 run_id = entry.name[:-5]
                 try:
-                    data = _read_all(entry.path)
+                    data = read_all(entry.path)
                     lines = []
                     if run_id in histories:
-                        lines = _read_all(f"{history_dir}/{run_id}.jsonl").splitlines()
+                        lines = read_all(f"{history_dir}/{run_id}.jsonl").splitlines()
                 except FileNotFoundError:  # removed since the scan: the audit names it gone
                     continue
                 runs.append(StoredRun(run_id, data, [x for x in lines if x]))
@@ -237,7 +241,7 @@ class FileStore:
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         data = await _read(self.run_path(run_id))
-        return None if data is None else json.loads(data)
+        return None if data is None else orjson.loads(data)
 
     async def verify_run(self, run_id: str) -> list[Check] | None:
         """The integrity checks of a run, from the bytes on disk now; None when absent."""
@@ -396,23 +400,6 @@ def _failed(what: str, exc: OSError | sqlite3.Error) -> TransientError:
     if isinstance(exc, sqlite3.OperationalError):  # full, I/O, read-only, locked: the index's
         return StoreOutageError(f"{what} failed: index: {exc}")
     return TransientError(f"{what} failed: index: {exc!r}")
-
-
-def _read_all(path: str, most: int = 1 << 16) -> bytes:
-    """A file's bytes with three system calls and no file object (an audit reads millions):
-    a regular file gives a read everything up to ``most`` at once. ``most`` stays small: a read
-    allocates all of it first (a 1 MiB buffer cost 20 µs a file, three times the system calls)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, most)
-        if len(data) < most:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, most):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _load(path: Path) -> dict[str, Any]:

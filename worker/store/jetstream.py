@@ -52,6 +52,7 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import nats.nuid
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -272,7 +273,7 @@ class JetStreamStore:
         msg = await self._last(self.runs_stream, self._run_subject(run_id))
         if msg is None or _deleted(msg):
             return None
-        return json.loads(msg.data or b"null"), msg
+        return orjson.loads(msg.data or b"null"), msg
 
     def _saw(self, seq: int | None) -> None:
         if seq is not None and seq > self._written:
