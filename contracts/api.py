@@ -98,8 +98,9 @@ MAX_LEAVES = 1000
 
 
 class LogLeavesRequest(_Request):
-    """``log.leaves``: the leaves at positions ``start`` to ``end`` (exclusive; default
-    ``start + 100``, at most ``start + 1000``, cut at the log's size)."""
+    """``log.leaves``: the leaves at positions ``start`` to ``end`` (exclusive; at most
+    ``start + 1000``, and an ``end`` beyond the log is refused; without ``end``, up to
+    ``start + 100`` cut at the log's size)."""
 
     start: Annotated[int, Field(ge=0)]
     end: Annotated[int, Field(ge=1)] | None = None

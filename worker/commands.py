@@ -30,6 +30,7 @@ from contracts.transparency import (
     consistency_valid,
     inclusion_valid,
     key_id,
+    leaf_hash,
     signature_valid,
 )
 from worker.client import RunsApiError, RunsClient
@@ -134,7 +135,9 @@ async def verify(client: RunsClient, args: argparse.Namespace, out: TextIO) -> i
     report = await client.verify(args.run_id)
     reply = report.model_dump()
     if args.public_key is not None:  # the proof checked here, not only by the worker
-        reply["checks"] += [c.as_dict() for c in proof_checks(report, _public_key(args))]
+        reply["checks"] += [
+            c.as_dict() for c in proof_checks(report, _public_key(args), args.run_id)
+        ]
         reply["valid"] = all(check["ok"] for check in reply["checks"])
     if args.json:
         emit(out, json_line(reply))
@@ -144,18 +147,32 @@ async def verify(client: RunsClient, args: argparse.Namespace, out: TextIO) -> i
     return Exit.OK if reply["valid"] else Exit.FAILED
 
 
-def proof_checks(report: VerifyReport, public: Ed25519PublicKey) -> list[Check]:
-    """``proof.signature`` and ``proof.inclusion``: the reply's checkpoint signed by ``public``,
-    and the run's leaf in that checkpoint's tree."""
+def proof_checks(report: VerifyReport, public: Ed25519PublicKey, run_id: str) -> list[Check]:
+    """``proof.signature`` and ``proof.inclusion`` (CONTRACT 9.6, steps 2 and 3): the reply's
+    checkpoint signed by ``public``, and a leaf of ``run_id`` whose hash, recomputed here, is
+    the reply's ``leaf_hash`` and is in that checkpoint's tree (of the reply's ``tree_size``)."""
     if report.log is None:
         return [Check("proof.inclusion", False, "a leaf in the log", "none")]
     proof = report.log
     checkpoint = Checkpoint.model_validate(proof.checkpoint)
     signed = signature_valid(checkpoint, public)
-    included = inclusion_valid(proof.leaf, proof.leaf_index, proof.inclusion_proof, checkpoint)
+    wrong = [
+        what
+        for what, bad in (
+            (f"a leaf of {proof.leaf.get('run_id')}", proof.leaf.get("run_id") != run_id),
+            ("a leaf_hash that is not the leaf's", leaf_hash(proof.leaf).hex() != proof.leaf_hash),
+            (f"tree_size {proof.tree_size}", proof.tree_size != checkpoint.tree_size),
+        )
+        if bad
+    ]
+    if not wrong and not inclusion_valid(
+        proof.leaf, proof.leaf_index, proof.inclusion_proof, checkpoint
+    ):
+        wrong.append("no path to the root")
+    actual = "; ".join(wrong) if wrong else f"leaf {proof.leaf_index}"
     return [
         Check("proof.signature", signed, key_id(public), checkpoint.key_id),
-        Check("proof.inclusion", included, checkpoint.root_hash, f"leaf {proof.leaf_index}"),
+        Check("proof.inclusion", not wrong, checkpoint.root_hash, actual),
     ]
 
 

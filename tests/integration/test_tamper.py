@@ -74,6 +74,17 @@ async def audit(worker: WorkerProcess, *args: str) -> tuple[int, dict[str, Any]]
     return code, json.loads(lines[-1])
 
 
+async def cli_proof_checks(worker: WorkerProcess, run_id: str) -> dict[str, bool]:
+    """``rmos-runs verify RUN_ID --public-key KEY``'s own checks of the worker's proof."""
+    code, out = await run_cli(
+        "verify", run_id, "--nats-url", str(worker.nats_url), "--public-key",
+        str(public_key(worker)), "--json", env={}, timeout=30,
+    )  # fmt: skip
+    assert code == 0, out
+    checks = json.loads(out.splitlines()[-1])["checks"]
+    return {c["name"]: c["ok"] for c in checks if c["name"].startswith("proof.")}
+
+
 def _jetstream(worker: WorkerProcess) -> bool:
     return worker.env.get("RMOS_STORE") == "jetstream"
 
@@ -128,6 +139,10 @@ class TestUntouched:
             )
             if public is not None:
                 assert signature_valid(checkpoint, public)
+                assert await cli_proof_checks(worker, run["run_id"]) == {
+                    "proof.signature": True,
+                    "proof.inclusion": True,
+                }
         await covering(client, 4)  # 1 + 3 revisions
         code, summary = await audit(worker)
         assert code == 0, summary

@@ -57,6 +57,7 @@ from contracts.transparency import (
     signature_valid,
 )
 from worker.checkpoints import EXPECTED_LAST_SEQ
+from worker.commands import proof_checks
 from worker.core import log_checks
 from worker.core.log_checks import run_checks
 from worker.store.jetstream import EXPECTED_LAST_SUBJECT_SEQ
@@ -462,6 +463,63 @@ class TestProofsAgainstCheckpoints:
         assert consistency_valid(three, three, [])
         assert not consistency_valid(three, three, CONSISTENCY_2_TO_3)
         assert not consistency_valid(signed_head(0, HEADS[1]), three, [])
+
+
+class TestCliProofChecks:
+    """``rmos-runs verify --public-key``'s own checks (9.6 steps 2 and 3) of a verify reply."""
+
+    RECORD = TestProofsAgainstCheckpoints.RECORD
+    RUN_ID = RECORD["run_id"]
+
+    def report(self, **log: Any) -> VerifyReport:
+        checkpoint = TestProofsAgainstCheckpoints().record_tree()
+        proof = {
+            "leaf_index": 1,
+            "leaf": self.RECORD,
+            "leaf_hash": leaf_hash(self.RECORD).hex(),
+            "tree_size": 3,
+            "inclusion_proof": INCLUSION_1_IN_3,
+            "checkpoint": checkpoint.as_dict(),
+            **log,
+        }
+        return VerifyReport(run_id=self.RUN_ID, valid=True, checks=[], log=proof)
+
+    def checks(self, report: VerifyReport, key: Ed25519PrivateKey | None = None) -> dict[str, Any]:
+        public = (key or seed_key()).public_key()
+        return {c.name: (c.ok, c.actual) for c in proof_checks(report, public, self.RUN_ID)}
+
+    def test_a_true_proof_passes(self) -> None:
+        assert self.checks(self.report()) == {
+            "proof.signature": (True, KEY_ID),
+            "proof.inclusion": (True, "leaf 1"),
+        }
+
+    def test_another_key(self) -> None:
+        assert self.checks(self.report(), other_key())["proof.signature"][0] is False
+
+    @pytest.mark.parametrize(
+        ("log", "says"),
+        [
+            ({"leaf_hash": "ab" * 32}, "a leaf_hash that is not the leaf's"),
+            ({"tree_size": 4}, "tree_size 4"),
+            ({"leaf_index": 0}, "no path to the root"),
+            ({"inclusion_proof": INCLUSION_1_IN_3[:1]}, "no path to the root"),
+            ({"leaf": {**RECORD, "revision": 2}}, "a leaf_hash that is not the leaf's"),
+        ],
+    )
+    def test_a_reply_that_does_not_hold_together(self, log: dict[str, Any], says: str) -> None:
+        assert self.checks(self.report(**log))["proof.inclusion"] == (False, says)
+
+    def test_the_proof_of_another_run(self) -> None:
+        """A worker answering with a true proof of some other run's leaf is caught."""
+        report = self.report()
+        checks = proof_checks(report, seed_key().public_key(), "run_" + "0" * 32)
+        assert [(c.name, c.ok) for c in checks][1] == ("proof.inclusion", False)
+        assert checks[1].actual == f"a leaf of {self.RUN_ID}"
+
+    def test_no_leaf(self) -> None:
+        report = VerifyReport(run_id=self.RUN_ID, valid=False, checks=[], log=None)
+        assert self.checks(report) == {"proof.inclusion": (False, "none")}
 
 
 class TestCheckpointModel:
