@@ -17,8 +17,12 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
+import sys
 
-_SYS_OPENAT2 = 437  # the same number on every Linux architecture (5.6+)
+# openat2's number in the unified table that these architectures share (not alpha's or MIPS's)
+_SYS_OPENAT2 = 437
+_SHARED_TABLE = frozenset({"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"})
 _AT_FDCWD = -100
 _RESOLVE_CACHED = 0x20
 _WOULD_BLOCK = frozenset({errno.EAGAIN, errno.EOPNOTSUPP})
@@ -33,6 +37,8 @@ _HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_HOW))
 
 
 def _load_syscall() -> ctypes._NamedFuncPointer | None:
+    if sys.platform != "linux" or platform.machine() not in _SHARED_TABLE:
+        return None
     if not hasattr(os, "RWF_NOWAIT") or not hasattr(os, "preadv"):
         return None
     name = ctypes.util.find_library("c")
@@ -55,7 +61,7 @@ def _open_cached(path: str) -> int | None:
     fd = int(
         _SYSCALL(
             ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_long(_AT_FDCWD),  # the kernel takes the int out of the register
             ctypes.c_char_p(os.fsencode(path)),
             ctypes.byref(_HOW),
             _HOW_SIZE,
@@ -70,7 +76,8 @@ def _open_cached(path: str) -> int | None:
 
 
 def _works() -> bool:
-    """Whether the fast path opens anything here: the module's own file, read once."""
+    """Whether ``openat2`` answers here (opening this module's own file, or saying it is not
+    cached) rather than failing as an unknown system call or one a sandbox refuses."""
     if _SYSCALL is None:
         return False
     try:
