@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from worker.store.base import NewRun, Query
 from worker.store.files import FileStore
 from worker.store.index import RunIndex
@@ -108,6 +110,48 @@ async def ids_after_reopen(data: Path) -> list[str]:
         store.close()
 
 
+class TestRows:
+    """A run has one row, found by (created_at_utc, run_id): run ids have no index of their own."""
+
+    def test_each_revision_replaces_the_row(self, tmp_path: Path) -> None:
+        index = RunIndex(tmp_path / "index.sqlite")
+        index.open()
+        first = artifact(1)
+        index.upsert([first, artifact(2)])
+        index.upsert([dict(first, revision=2, explanation_status="PENDING")])
+        index.upsert([dict(first, revision=3, explanation_status="READY")])
+        rows = index.query(Query(limit=10))
+        assert [(r["run_id"], r["revision"]) for r in rows] == [
+            (artifact(2)["run_id"], 1),
+            (first["run_id"], 3),
+        ]
+        assert index.count() == 2
+        index.close()
+
+    def test_without_a_creation_time_still_one_row(self, tmp_path: Path) -> None:
+        index = RunIndex(tmp_path / "index.sqlite")
+        index.open()
+        bare = artifact(5)
+        del bare["created_at_utc"]
+        index.upsert([bare, artifact(6)])
+        index.upsert([dict(bare, revision=2)])
+        assert index.count() == 2
+        assert index.query(Query(limit=10))[-1]["run_id"] == bare["run_id"]
+        index.close()
+
+    def test_removed_beyond_one_statement(self, tmp_path: Path) -> None:
+        """A jetstream store's deleted keys: more than a statement's chunk, unknown ids too."""
+        index = RunIndex(tmp_path / "index.sqlite")
+        index.open()
+        runs = [artifact(i) for i in range(1200)]
+        index.upsert(runs)
+        gone = [a["run_id"] for a in runs[:700]] + [f"run_{'f' * 32}"]
+        index.apply([], removed=gone)
+        kept = {r["run_id"] for r in index.query(Query(limit=1000))}
+        assert kept == {a["run_id"] for a in runs[700:]}
+        index.close()
+
+
 class TestRepair:
     """The index is a projection: it is rebuilt or repaired from the artifacts."""
 
@@ -119,14 +163,15 @@ class TestRepair:
             path.unlink()
         assert len(await ids_after_reopen(data)) == 25
 
-    async def test_index_of_another_version_rebuilt(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("version", [1, 2])
+    async def test_index_of_another_version_rebuilt(self, tmp_path: Path, version: int) -> None:
         """An index written by an older layout (another ``user_version``) is rebuilt at open."""
         data = tmp_path / "data"
         runs = await stored_then_closed(data, 12)
         with sqlite3.connect(data / "index.sqlite") as db:
             db.execute("DROP TABLE runs")
             db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, stale TEXT) WITHOUT ROWID")
-            db.execute("PRAGMA user_version=1")
+            db.execute(f"PRAGMA user_version={version}")
         assert sorted(await ids_after_reopen(data)) == sorted(a["run_id"] for a in runs)
 
     async def test_index_of_a_jetstream_store_rebuilt(self, tmp_path: Path) -> None:

@@ -44,18 +44,25 @@ EQUALITY_FILTERS = tuple(c for c in COLUMNS if c not in {"run_id", "created_at_u
 # Every equality filter has its own (filter, newest-first) index: without one, a filter on a rare
 # or absent value walks the whole table (measured: ~4 s at 1 M runs; bench/list_bench.py).
 _INDEXED = EQUALITY_FILTERS
-# 2: rows in a rowid table, appended in arrival order, with run_id in a unique index of its own.
-# (1, a WITHOUT ROWID table keyed by run_id, inserted each whole row at a random place: 30 % slower
-# writes at 100 k runs, bench/ingest_bench.py.) An index of another version is rebuilt.
-SCHEMA_VERSION = 2
+# 3: rows in a rowid table, appended in arrival order; a row's identity is its place in the
+# newest-first order, (created_at_utc, run_id), unique: a run's creation time never changes, so
+# ``INSERT OR REPLACE`` finds its row there. (2 kept run_id in a unique index of its own as
+# well: run ids are hashes, so every insert wrote a page at a random place in it, which at 100 k
+# runs was a third of the index's cost a run, 63 against 41 µs, bench/ingest_bench.py's stored
+# phase; 1, a WITHOUT ROWID table keyed by run_id, was 30 % slower still.) Nothing looks a row
+# up by its run id alone but the rare delete (a key removed from a jetstream store's bucket),
+# which scans. An index of another version is rebuilt.
+SCHEMA_VERSION = 3
 _SCHEMA = [
     "CREATE TABLE runs ("
     + ", ".join(f"{c} {'INTEGER' if c == 'revision' else 'TEXT'}" for c in COLUMNS)
     + ")",
-    "CREATE UNIQUE INDEX runs_run_id ON runs (run_id)",
-    "CREATE INDEX runs_newest ON runs (created_at_utc DESC, run_id DESC)",
+    "CREATE UNIQUE INDEX runs_newest ON runs (created_at_utc DESC, run_id DESC)",
     *(f"CREATE INDEX runs_{c} ON runs ({c}, created_at_utc DESC, run_id DESC)" for c in _INDEXED),
 ]
+
+_CREATED = list(COLUMNS).index("created_at_utc")
+_CHUNK = 500  # run ids a statement (SQLite's limit on parameters is far above)
 
 # Where a projection fed from a stream stands (``projection``): one row per key, in the same
 # transaction as the rows it applied.
@@ -65,7 +72,11 @@ _PROJECTION_STATE = (
 
 
 def row_of(artifact: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(lookup(artifact, path) for path in COLUMNS.values())
+    """The row of an artifact; one without a creation time (none the worker makes) sorts last
+    under ``""``, as SQLite's unique index would not tell two NULLs apart."""
+    row = [lookup(artifact, path) for path in COLUMNS.values()]
+    row[_CREATED] = row[_CREATED] or ""
+    return tuple(row)
 
 
 class RunIndex(SqliteFile):
@@ -114,7 +125,12 @@ class RunIndex(SqliteFile):
                 f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 [row_of(a) for a in artifacts],
             )
-            db.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in removed])
+            gone = list(removed)
+            for start in range(0, len(gone), _CHUNK):  # one scan a chunk (no run_id index)
+                chunk = gone[start : start + _CHUNK]
+                db.execute(
+                    f"DELETE FROM runs WHERE run_id IN ({', '.join('?' * len(chunk))})", chunk
+                )
             _put_state(db, state or {})
 
     def state(self) -> dict[str, str]:
