@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import os
 import platform
 import sys
+
+from worker.store.libc import libc_function
 
 # openat2's number in the unified table that these architectures share (not alpha's or MIPS's)
 _SYS_OPENAT2 = 437
@@ -41,12 +42,8 @@ def _load_syscall() -> ctypes._NamedFuncPointer | None:
         return None
     if not hasattr(os, "RWF_NOWAIT") or not hasattr(os, "preadv"):
         return None
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).syscall
-    except (OSError, AttributeError):
+    fn = libc_function("syscall")
+    if fn is None:
         return None
     fn.restype = ctypes.c_long
     return fn

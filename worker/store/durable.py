@@ -8,19 +8,16 @@ of the NATS delivery rate). Elsewhere each file and each touched directory is fs
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from worker.store.libc import libc_function
+
 
 def _load_syncfs() -> ctypes._NamedFuncPointer | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).syncfs
-    except (OSError, AttributeError):
+    fn = libc_function("syncfs")
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_int]
     fn.restype = ctypes.c_int
