@@ -48,10 +48,10 @@ _INDEXED = EQUALITY_FILTERS
 # newest-first order, (created_at_utc, run_id), unique: a run's creation time never changes, so
 # ``INSERT OR REPLACE`` finds its row there. (2 kept run_id in a unique index of its own as
 # well: run ids are hashes, so every insert wrote a page at a random place in it, which at 100 k
-# runs was a third of the index's cost a run, 63 against 41 µs, bench/ingest_bench.py's stored
-# phase; 1, a WITHOUT ROWID table keyed by run_id, was 30 % slower still.) Nothing looks a row
-# up by its run id alone but the rare delete (a key removed from a jetstream store's bucket),
-# which scans. An index of another version is rebuilt.
+# runs was a third of the index's cost a run, 63 against 41 µs measured against a twin store in
+# one process, README "Hot path, third step"; 1, a WITHOUT ROWID table keyed by run_id, was 30 %
+# slower still.) Nothing looks a row up by its run id alone but the rare delete (a key removed
+# from a jetstream store's bucket), which scans. An index of another version is rebuilt.
 SCHEMA_VERSION = 3
 _SCHEMA = [
     "CREATE TABLE runs ("
