@@ -100,6 +100,9 @@ class TestMetrics:
         env = {**store_env, "RMOS_METRICS_PORT": str(port)}
         proc = WorkerProcess(nats_server.url, tmp_path / "data", env=env)
         await proc.start(client)
+        # Answering api.get comes first: a jetstream store's list index is "being built" (503)
+        # until its follower's first look at the stream, an instant that a slow machine shows.
+        await ready(port)
         assert await probe(port) == (200, {"ready": True})
         assert await probe(port, "/healthz") == (200, {"alive": True})
         before = await scrape(port)
