@@ -202,15 +202,19 @@ def run_file(data_dir: Path, run_id: str) -> Path:
 # ------------------------------------------------------------------------------------ accounting
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process (all its threads) so far; NaN when it is gone."""
+def cpu_seconds(pid: int | None, part: str = "all") -> float:
+    """CPU of a process (all its threads) so far; NaN when it is gone. ``part``: ``all`` (user
+    + system), ``sys`` (system: in the kernel) or ``loop`` (user + system of its main thread,
+    which runs the event loop)."""
     if pid is None:
         return math.nan
+    stat = f"/proc/{pid}/task/{pid}/stat" if part == "loop" else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = Path(stat).read_text().rpartition(")")[2].split()
     except OSError:
         return math.nan
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    user, system = int(fields[11]), int(fields[12])
+    return (system if part == "sys" else user + system) / CLK_TCK
 
 
 def system_cpu() -> tuple[float, float]:
@@ -231,6 +235,9 @@ class CpuMeter:
     def _sample(self) -> dict[str, float]:
         busy, iowait = system_cpu()
         sample = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        if (worker := self.pids.get("worker")) is not None:  # parts of it, not processes
+            sample[":loop"] = cpu_seconds(worker, "loop")
+            sample[":sys"] = cpu_seconds(worker, "sys")
         sample["_busy"], sample["iowait"] = busy, iowait
         return sample
 
@@ -664,8 +671,10 @@ async def flood(
         extra["syncfs"] = syncfs
         extra["avg batch"] = len(events) / (syncfs / 2)
     cpu = per_message(
-        {"worker": worker_cpu(used), "nats": used["nats"], "bench": used["bench"]}, len(events)
-    )
+        {"worker": worker_cpu(used), **worker_split(used), "nats": used["nats"],
+         "bench": used["bench"]},
+        len(events),
+    )  # fmt: skip
     return Rep(len(events) / wall, cpu, extra)
 
 
@@ -734,13 +743,25 @@ async def backlog_rep(
             used = meter.stop()
             await all_files(data_dir, events, 10.0)
     wall = ended - started
-    cpu = per_message({"worker": worker_cpu(used), "nats": used["nats"]}, len(events))
+    cpu = per_message(
+        {"worker": worker_cpu(used), **worker_split(used), "nats": used["nats"]}, len(events)
+    )
     return Rep(len(events) / wall, cpu, {"s": wall, "worker cores": worker_cpu(used) / wall})
 
 
 def worker_cpu(used: dict[str, float]) -> float:
     """CPU seconds of every worker process together (the first and its siblings)."""
     return sum(v for k, v in used.items() if k.startswith("worker") and not math.isnan(v))
+
+
+def worker_split(used: dict[str, float]) -> dict[str, float]:
+    """Where a lone worker process's CPU went: ``w.loop`` its event loop's thread (checking,
+    building, nats-py, settling), ``w.sys`` its time in the kernel (all threads); the rest is
+    the commit threads' Python and SQLite. Empty with sibling processes (the split is of the
+    first only)."""
+    if any(k.startswith("worker") and k != "worker" for k in used):
+        return {}
+    return {"w.loop": used[":loop"], "w.sys": used[":sys"]}
 
 
 # ------------------------------------------------------------------------------------- profiling
