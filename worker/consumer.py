@@ -229,6 +229,9 @@ class EventConsumer:
         """Settle one event, in its producer's trace: a span from the fetch to the ack, with the
         batch's checking and durable write as children (the explanation request is sent inside,
         so it carries the trace on)."""
+        if not tracing.wanted(msg.headers):  # no span would record or carry anything
+            await self._settled(msg, outcome)
+            return
         run_id = outcome.run_id if isinstance(outcome, Stored) else ""
         attributes: dict[str, str | int] = {
             "rmos.run_id": run_id,
