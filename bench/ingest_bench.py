@@ -963,6 +963,12 @@ def environment_notes(tmp: Path) -> None:
     print(f"sources fingerprint {CODE['seen']}")
     size = len(prepare("probe", 1, False)[0].payload)
     print(f"event size {size} bytes; worker batch_size {SETTINGS.batch_size}", flush=True)
+    print(
+        f"creating a 1 KB file here: {file_creation_us(tmp / 'calibration'):.1f} µs of CPU "
+        "(median of 2,000; several times the usual ~15-20 means recently freed inodes are "
+        "being skipped: see bench/README.md)",
+        flush=True,
+    )
 
 
 async def wait_quiet(limit_s: float, threshold: float = 0.25) -> None:
@@ -1073,7 +1079,39 @@ async def in_temp_dir(
             print(f"removed {tmp} in {time.perf_counter() - started:.1f}s", flush=True)
             with contextlib.suppress(OSError):
                 TMP_PARENT.rmdir()  # only when no other run is using it
+            await settle_after_delete()
     return 0
+
+
+DELETED_INODES_SKIPPED_S = 60  # ext4 without a journal: RECENTCY_MIN, once the blocks are clean
+
+
+async def settle_after_delete() -> None:
+    """Wait until the inodes just freed are no longer skipped by new files, so the next run
+    (a before/after comparison, say) is not measured against this one's deletion.
+
+    ext4 without a journal, as here, makes every new inode step over the inodes freed in the
+    last 60 s (5 min while their inode table block is dirty), one by one: after a run's
+    tens of thousands of files were removed, creating a file cost several times more for
+    minutes, in every process on the file system. ``sync`` first, so only the 60 s apply."""
+    os.sync()
+    print(f"waiting {DELETED_INODES_SKIPPED_S + 5} s so that new files stop skipping the freed "
+          "inodes (ext4 without a journal; see bench/README.md)", flush=True)  # fmt: skip
+    await asyncio.sleep(DELETED_INODES_SKIPPED_S + 5)
+
+
+def file_creation_us(directory: Path, files: int = 2000) -> float:
+    """Median thread CPU of creating a 1 KB file here, µs (kept: removing them would free
+    inodes, which slows the next files created; see ``settle_after_delete``)."""
+    directory.mkdir()
+    data, costs = b"x" * 1024, []
+    for i in range(files):
+        started = time.thread_time_ns()
+        fd = os.open(directory / f"{i}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+        costs.append(time.thread_time_ns() - started)
+    return statistics.median(costs) / 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
