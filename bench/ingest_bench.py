@@ -93,6 +93,7 @@ class Config:
     profile: Path | None
     quiet_s: float
     processes: int
+    keep: bool = False
 
     def ingest_timeout(self) -> float:
         """Generous: the whole flood at 100 msg/s, plus start-up slack."""
@@ -1045,7 +1046,7 @@ async def main(cfg: Config) -> int:
             await profile_rep(cfg, work, prepare("profile", cfg.events, cfg.integral_floats))
         print_report(res, cfg)
 
-    return await in_temp_dir("ingest-", body)
+    return await in_temp_dir("ingest-", body, keep=cfg.keep)
 
 
 async def in_temp_dir(
@@ -1083,7 +1084,8 @@ async def in_temp_dir(
     return 0
 
 
-DELETED_INODES_SKIPPED_S = 60  # ext4 without a journal: RECENTCY_MIN, once the blocks are clean
+# ext4 without a journal: RECENTCY_MIN + RECENTCY_DIRTY (new files dirty the same blocks again)
+DELETED_INODES_SKIPPED_S = 360
 
 
 async def settle_after_delete() -> None:
@@ -1093,7 +1095,8 @@ async def settle_after_delete() -> None:
     ext4 without a journal, as here, makes every new inode step over the inodes freed in the
     last 60 s (5 min while their inode table block is dirty), one by one: after a run's
     tens of thousands of files were removed, creating a file cost several times more for
-    minutes, in every process on the file system. ``sync`` first, so only the 60 s apply."""
+    minutes, in every process on the file system. Waiting 65 s after a ``sync`` was not
+    enough: the next run's new inodes dirty those blocks again, and dirty ones count 6 min."""
     os.sync()
     print(f"waiting {DELETED_INODES_SKIPPED_S + 5} s so that new files stop skipping the freed "
           "inodes (ext4 without a journal; see bench/README.md)", flush=True)  # fmt: skip
@@ -1135,6 +1138,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
     parser.add_argument(
         "--processes", type=int, default=os.cpu_count() or 1, help="phase 5's --processes; 1: none"
     )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, stores): no clean-up wait"
+    )
     args = parser.parse_args(argv)
     defaults = (2000, 10_000, 1, 100) if args.quick else (20_000, 100_000, 3, 500)
     for name, default in zip(("events", "stored", "reps", "trickle"), defaults, strict=True):
@@ -1152,6 +1158,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, float]:
         profile=args.profile,
         quiet_s=args.quiet,
         processes=args.processes,
+        keep=args.keep,
     ), args.timeout
 
 
