@@ -56,7 +56,9 @@ class Explanations:
         self._settings = settings
         self._subjects = settings.subjects
         self._clock = clock
-        self._unpublished: set[str] = set()  # runs whose last sweep step failed
+        # Runs whose last sweep step failed, with the revision they were at after it (None:
+        # unknown): a PENDING one is listed again, one that left PENDING is not (``_resent``).
+        self._unpublished: dict[str, int | None] = {}
 
     async def _publish(self, subject: str, data: bytes, msg_id: str) -> None:
         await self._broker.publish(
@@ -187,32 +189,56 @@ class Explanations:
         """Every ``PENDING`` run: past its deadline, re-requested or failed; else, with
         ``republish`` (at start-up), its stored request published again. A run whose step
         failed (a publish refused after its change was stored) does not hold up the rest: its
-        stored request and status go out again at the next sweep. Returns runs seen."""
-        seen, failed = 0, 0
+        stored request and status go out again at the next sweep, and so does the status of a
+        step that took the run out of PENDING (a timeout's ERROR). Returns runs seen."""
+        listed, failed = await self._sweep_pending(republish)
+        unsent = await self._resend_lost(listed)
+        if failed or unsent:
+            raise SweepError(
+                f"{failed} of {len(listed)} PENDING runs not swept"
+                + (f", {unsent} statuses not sent" if unsent else "")
+            )
+        return len(listed)
+
+    async def _sweep_pending(self, republish: bool) -> tuple[set[str], int]:
+        """The runs listed as PENDING, each swept; and how many of them failed."""
+        listed: set[str] = set()
+        failed = 0
         after: tuple[str, str] | None = None
         while True:
             rows = await self._store.list_runs(
                 Query(equals=(("explanation_status", "PENDING"),), after=after, limit=500)
             )
             for row in rows[:500]:
-                seen += 1
                 run_id = row["run_id"]
+                listed.add(run_id)
                 try:
                     await self._swept(run_id, republish)
                 except (StoreOutageError, UnavailableError):
                     raise
                 except Exception as exc:
                     failed += 1
-                    self._unpublished.add(run_id)
+                    self._unpublished[run_id] = await self._revision(run_id)
                     log.warning("explanation sweep: %s not done, next sweep: %r", run_id, exc)
                 else:
-                    self._unpublished.discard(run_id)
+                    self._unpublished.pop(run_id, None)
             if len(rows) <= 500:
-                break
+                return listed, failed
             after = (rows[499]["created_at_utc"], rows[499]["run_id"])
-        if failed:
-            raise SweepError(f"{failed} of {seen} PENDING runs not swept")
-        return seen
+
+    async def _resend_lost(self, listed: set[str]) -> int:
+        """The statuses owed by failed steps of runs no longer listed; how many still are."""
+        unsent = 0
+        for run_id in set(self._unpublished) - listed:
+            try:
+                if await self._resent(run_id, self._unpublished[run_id]):
+                    del self._unpublished[run_id]
+            except (StoreOutageError, UnavailableError):
+                raise
+            except Exception as exc:
+                unsent += 1
+                log.warning("explanation sweep: status of %s not sent, next sweep: %r", run_id, exc)
+        return unsent
 
     async def _swept(self, run_id: str, republish: bool) -> None:
         lost = run_id in self._unpublished  # its last step failed: maybe after it was stored
@@ -223,6 +249,28 @@ class Explanations:
         await self.announce_created(run)  # the stored request (and a creation's status)
         if lost and run["explanation_status"] == "PENDING" and run["revision"] > 1:
             await self.publish_status(run, "PENDING")  # its re-request's: the same message id
+
+    async def _revision(self, run_id: str) -> int | None:
+        """The run's revision now, after a failed step; None when that cannot be read."""
+        try:
+            run = await self._store.get_run(run_id)
+        except Exception:  # the step's own failure is what gets reported
+            return None
+        return None if run is None else run.get("revision")
+
+    async def _resent(self, run_id: str, revision: int | None) -> bool:
+        """A run whose failed step took it out of PENDING: that step's status, unless the run
+        has changed since (its change published its own). The same message id as the lost
+        one, so a copy that did reach the stream is stored once. False while the run is still
+        PENDING (an index behind it did not list it): a later listing finishes its step."""
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return True
+        if run["explanation_status"] == "PENDING":
+            return False
+        if run["explanation_status"] in ("READY", "ERROR") and revision in (None, run["revision"]):
+            await self.publish_status(run, "PENDING")
+        return True
 
     async def run_sweeps(self, stopping: asyncio.Event) -> None:
         """Sweep at start-up (republishing), then periodically until ``stopping`` is set."""

@@ -341,6 +341,63 @@ class TestRepublish:
         await rig.sweep()
         assert rig.broker.published == []  # once out, not again
 
+    async def test_a_lost_timeout_error_goes_out_at_the_next_sweep(self) -> None:
+        """The last attempt times out: ERROR is stored, its status publish fails. The run is
+        no longer PENDING, so no listing finds it again; the next sweep still publishes its
+        status (the same message id), once."""
+        rig = Rig(Settings(explain_timeout_s=10, explain_max_attempts=1, publish_timeout_s=2))
+        run_id = rig.store.put(artifact())["run_id"]
+        rig.broker.refuse = lambda subject: subject.endswith(run_id)
+        rig.clock.at(11)
+        with pytest.raises(SweepError, match="1 of 1 PENDING runs not swept"):
+            await rig.sweep()
+        assert rig.run(run_id)["explanation_status"] == "ERROR"
+        assert rig.broker.published == []
+        rig.broker.refuse = lambda subject: False
+        rig.clock.at(12)
+        assert await rig.sweep() == 0  # no PENDING run
+        assert rig.published() == [(STATUS + run_id, f"{run_id}:r2")]
+        body = status_changed(rig.broker.published[0])
+        assert (body["from"], body["to"], body["error"]) == ("PENDING", "ERROR", "timed out")
+        rig.broker.forget()
+        await rig.sweep()
+        assert rig.broker.attempts == []  # once out, not again
+
+    async def test_a_lost_status_of_a_run_answered_since_is_not_sent(self) -> None:
+        """A step failed, then the run moved on (an explainer answered): its new status went
+        out with that change, and the failed step's own is stale: nothing more is sent."""
+        rig = Rig()
+        run_id = rig.store.put(artifact())["run_id"]
+        rig.broker.refuse = lambda subject: True
+        rig.clock.at(301)
+        with pytest.raises(SweepError):
+            await rig.sweep()
+        rig.broker.refuse = lambda subject: False
+        await rig.patched(run_id, "READY")  # revision 3; forgets the attempts so far
+        await rig.sweep()
+        assert rig.broker.attempts == []
+
+    async def test_a_lost_request_not_listed_once_is_still_sent(self) -> None:
+        """An index behind the run leaves it out of one sweep: still PENDING, it is kept for
+        the listing that finds it, which publishes the lost request and status."""
+        rig = Rig()
+        run_id = rig.store.put(artifact())["run_id"]
+        rig.broker.refuse = lambda subject: True
+        rig.clock.at(301)
+        with pytest.raises(SweepError):
+            await rig.sweep()
+        rig.broker.refuse = lambda subject: False
+        rig.broker.forget()
+        rig.store.listed_status[run_id] = "NONE"
+        await rig.sweep()
+        assert rig.broker.attempts == []
+        del rig.store.listed_status[run_id]
+        await rig.sweep()
+        assert sorted(rig.published()) == [
+            (REQUESTED, request_id_for(run_id, 2)),
+            (STATUS + run_id, f"{run_id}:r2"),
+        ]
+
 
 class TestUntouched:
     async def test_runs_not_pending(self) -> None:
