@@ -118,6 +118,18 @@ class Rig:
     def run(self, run_id: str) -> dict[str, Any]:
         return self.store.runs[run_id]
 
+    async def re_request_lost(self) -> str:
+        """A run re-requested at its deadline (revision 2) whose publishes all failed; the
+        broker works again, nothing remembered of it. Returns the run id."""
+        run_id: str = self.store.put(artifact())["run_id"]
+        self.broker.refuse = lambda subject: True
+        self.clock.at(301)
+        with pytest.raises(SweepError):
+            await self.sweep()
+        self.broker.refuse = lambda subject: False
+        self.broker.forget()
+        return run_id
+
     async def patched(self, run_id: str, status: Literal["READY", "ERROR"]) -> None:
         """The run answered (READY or ERROR) for its current request; nothing published."""
         request_id = self.run(run_id)["explanation_request_id"]
@@ -367,12 +379,7 @@ class TestRepublish:
         """A step failed, then the run moved on (an explainer answered): its new status went
         out with that change, and the failed step's own is stale: nothing more is sent."""
         rig = Rig()
-        run_id = rig.store.put(artifact())["run_id"]
-        rig.broker.refuse = lambda subject: True
-        rig.clock.at(301)
-        with pytest.raises(SweepError):
-            await rig.sweep()
-        rig.broker.refuse = lambda subject: False
+        run_id = await rig.re_request_lost()
         await rig.patched(run_id, "READY")  # revision 3; forgets the attempts so far
         await rig.sweep()
         assert rig.broker.attempts == []
@@ -381,13 +388,7 @@ class TestRepublish:
         """An index behind the run leaves it out of one sweep: still PENDING, it is kept for
         the listing that finds it, which publishes the lost request and status."""
         rig = Rig()
-        run_id = rig.store.put(artifact())["run_id"]
-        rig.broker.refuse = lambda subject: True
-        rig.clock.at(301)
-        with pytest.raises(SweepError):
-            await rig.sweep()
-        rig.broker.refuse = lambda subject: False
-        rig.broker.forget()
+        run_id = await rig.re_request_lost()
         rig.store.listed_status[run_id] = "NONE"
         await rig.sweep()
         assert rig.broker.attempts == []
