@@ -89,6 +89,31 @@ class TestQuery:
             after = (page[2]["created_at_utc"], page[2]["run_id"]) if len(page) > 3 else None
         assert seen == sorted((a["run_id"] for a in runs), reverse=True)
 
+    async def test_filtered_pages_through_ties(self, store: FileStore) -> None:
+        """A filter's index orders by creation time only: ties on it are still paged by run
+        id, none repeated or skipped, whichever page boundary falls inside them."""
+        same_time = "2026-11-24T10:00:00.000000+00:00"
+        runs = [artifact(i, created_at_utc=same_time, tool_id=f"saw-{i % 2}") for i in range(15)]
+        runs += [artifact(i) for i in range(20, 26)]  # saw-0/1/2 at other times
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        wanted = sorted(
+            (a for a in runs if a["tool_id"] == "saw-1"),
+            key=lambda a: (a["created_at_utc"], a["run_id"]),
+            reverse=True,
+        )
+        for limit in (1, 2, 3, 4):
+            seen: list[str] = []
+            after: tuple[str, str] | None = None
+            while True:
+                page = await store.list_runs(
+                    Query(equals=(("tool_id", "saw-1"),), limit=limit, after=after)
+                )
+                seen += [r["run_id"] for r in page[:limit]]
+                if len(page) <= limit:
+                    break
+                after = (page[limit - 1]["created_at_utc"], page[limit - 1]["run_id"])
+            assert seen == [a["run_id"] for a in wanted]
+
 
 async def stored_then_closed(data: Path, count: int) -> list[dict[str, Any]]:
     """``count`` runs created in a store on ``data``, which is closed again."""
