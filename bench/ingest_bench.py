@@ -4,9 +4,9 @@ One run on this machine, a real nats-server on loopback, every store on the /wor
 
 1. bare     nats-py ``fetch(batch)`` + ``msg.ack()`` of N pre-published events: no parsing, no disk.
 2. empty    the worker (``python -m worker.cli worker``, a subprocess) ingesting N events published
-            concurrently with ``publish_async``: first publish -> every run file on disk and the
+            concurrently with ``publish_async``: first publish -> every run stored and the
             durable consumer settled (nothing pending, nothing unacked). Latency per event is
-            the run file's mtime minus its publish time (see ``flood_latencies``).
+            the run's ``recorded_at_utc`` minus its publish time (see ``flood_latencies``).
    backlog  the same worker draining N events published before it started: nothing else on the CPUs.
    trickle  publish -> ``api.get`` success, events sent one at a time at a steady rate.
 3. ratio    empty / bare (target >= 0.7).
@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -199,9 +200,32 @@ def prepare(tag: str, n: int, integral_floats: bool) -> list[Prepared]:
     return out
 
 
-def run_file(data_dir: Path, run_id: str) -> Path:
-    """The store's layout (``FileStore.run_path``) without opening a store."""
-    return data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
+def stored_bytes(data_dir: Path, run_ids: Sequence[str]) -> dict[str, bytes]:
+    """The stored bytes of those of ``run_ids`` that the worker has stored, read behind its
+    back: their places in ``log.sqlite`` and the segments (or the run files of the layout
+    before segments, for a before/after run against an older commit)."""
+    if (data_dir / "runs").is_dir():
+        found = {}
+        for run_id in run_ids:
+            with contextlib.suppress(FileNotFoundError):
+                found[run_id] = (data_dir / "runs" / run_id[4:6] / f"{run_id}.json").read_bytes()
+        return found
+    places: dict[str, tuple[int, int, int]] = {}
+    with contextlib.closing(sqlite3.connect(data_dir / "log.sqlite")) as db:
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start : start + 500]
+            rows = db.execute(
+                "SELECT run_id, segment, offset, length FROM places WHERE run_id IN "
+                f"({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            places.update({row[0]: tuple(row[1:]) for row in rows})
+    found = {}
+    for run_id, (segment, offset, length) in places.items():
+        with (data_dir / "segments" / f"{segment:08d}.jsonl").open("rb") as f:
+            f.seek(offset)
+            found[run_id] = f.read(length)
+    return found
 
 
 # ------------------------------------------------------------------------------------ accounting
@@ -463,35 +487,49 @@ async def dlq_count(js: JetStreamContext) -> int:
     return info.state.messages
 
 
+@contextlib.contextmanager
+def stored_probe(data_dir: Path) -> Iterator[Callable[[str], bool]]:
+    """Whether a run is stored, asked of the data dir many times (one connection)."""
+    if (data_dir / "runs").is_dir():
+        yield lambda run_id: (data_dir / "runs" / run_id[4:6] / f"{run_id}.json").exists()
+        return
+    with contextlib.closing(sqlite3.connect(data_dir / "log.sqlite")) as db:
+        query = "SELECT 1 FROM places WHERE run_id = ?"
+        yield lambda run_id: db.execute(query, (run_id,)).fetchone() is not None
+
+
 def missing_runs(data_dir: Path, events: Sequence[Prepared]) -> list[str]:
-    return [e.run_id for e in events if not run_file(data_dir, e.run_id).exists()]
+    run_ids = [e.run_id for e in events]
+    stored = stored_bytes(data_dir, run_ids)
+    return [r for r in run_ids if r not in stored]
 
 
 async def all_files(data_dir: Path, events: Sequence[Prepared], timeout: float) -> None:
-    """Every run file exists; the consumer said it acked them all, so this should be at once."""
+    """Every run is stored; the consumer said it acked them all, so this should be at once."""
     deadline = time.perf_counter() + timeout
     missing = missing_runs(data_dir, events)
     while missing and time.perf_counter() < deadline:
         await asyncio.sleep(0.1)
-        missing = [r for r in missing if not run_file(data_dir, r).exists()]
+        missing = [r for r in missing if r not in stored_bytes(data_dir, missing)]
     if missing:
-        raise BenchError(f"{len(missing)} run files missing after the consumer settled")
+        raise BenchError(f"{len(missing)} runs missing after the consumer settled")
 
 
 def flood_latencies(
     data_dir: Path, events: Sequence[Prepared], sent_ns: Sequence[int]
 ) -> list[float]:
-    """Milliseconds from publish to the run file's mtime.
+    """Milliseconds from publish to the run's ``recorded_at_utc`` (when the worker built it).
 
-    The mtime is when the worker wrote the temp file, which ``os.link`` put in place: before the
-    two syncfs calls and the ack. So this is a lower bound of the durable latency, short by one
-    group commit (seen in the trickle figures); its granularity is the kernel's coarse clock
-    (a jiffy, <= 4 ms). Under a flood it is dominated by the backlog the publisher builds.
+    That is before the commit's two flushes and the ack: a lower bound of the durable latency,
+    short by one group commit (seen in the trickle figures). Under a flood it is dominated by
+    the backlog the publisher builds.
     """
-    return [
-        (run_file(data_dir, e.run_id).stat().st_mtime_ns - t) / 1e6
-        for e, t in zip(events, sent_ns, strict=True)
-    ]
+    stored = stored_bytes(data_dir, [e.run_id for e in events])
+    recorded = {
+        run_id: datetime.fromisoformat(json.loads(data)["recorded_at_utc"]).timestamp()
+        for run_id, data in stored.items()
+    }
+    return [(recorded[e.run_id] * 1e9 - t) / 1e6 for e, t in zip(events, sent_ns, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------- phases
@@ -694,9 +732,8 @@ async def trickle(
         t0 = time.perf_counter()
         await client.publish_raw(subject, event.payload, msg_id=event.msg_id)
         t_ack = time.perf_counter()
-        path = run_file(data_dir, event.run_id)
-        # polling with stat costs the worker nothing, unlike polling api.get
-        while not path.exists():  # noqa: ASYNC110 - no event to wait on: the file is the signal
+        # polling the data dir costs the worker little, unlike polling api.get
+        while not is_stored(event.run_id):  # noqa: ASYNC110 - no event to wait on
             await asyncio.sleep(0.0005)
         t_file = time.perf_counter()
         await client.get(event.run_id)
@@ -704,12 +741,13 @@ async def trickle(
         return (t_ack - t0) * 1e3, (t_file - t0) * 1e3, (t_get - t0) * 1e3
 
     tasks = []
-    async with asyncio.timeout(30.0 + len(events) / cfg.trickle_rate):
-        start = loop.time()
-        for i, event in enumerate(events):
-            await asyncio.sleep(max(0.0, start + i / cfg.trickle_rate - loop.time()))
-            tasks.append(asyncio.create_task(one(event)))
-        results = await asyncio.gather(*tasks)
+    with stored_probe(data_dir) as is_stored:
+        async with asyncio.timeout(30.0 + len(events) / cfg.trickle_rate):
+            start = loop.time()
+            for i, event in enumerate(events):
+                await asyncio.sleep(max(0.0, start + i / cfg.trickle_rate - loop.time()))
+                tasks.append(asyncio.create_task(one(event)))
+            results = await asyncio.gather(*tasks)
     acks, files, gets = zip(*results, strict=True)
     return {
         "trickle pubAck p50 ms": percentile(acks, 50),

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,26 +63,66 @@ async def wait_settled(js: JetStreamContext, timeout: float = 30.0) -> None:
     await eventually(probe, timeout)
 
 
-def run_files(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "runs").glob("*/*.json"))
+def _places(data_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """run id -> (segment, offset, length) of its current bytes, from a files store's
+    ``log.sqlite`` read behind the worker's back; {} before the store first opened."""
+    if not (data_dir / "segments").is_dir():
+        return {}
+    with closing(sqlite3.connect(data_dir / "log.sqlite")) as db:
+        rows = db.execute("SELECT run_id, segment, offset, length FROM places").fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def _segment(data_dir: Path, segment: int) -> Path:
+    return data_dir / "segments" / f"{segment:08d}.jsonl"
+
+
+def stored_artifacts(data_dir: Path) -> dict[str, bytes]:
+    """Every run of a files store's data dir and its current bytes, by run id."""
+    out = {}
+    for run_id, (segment, offset, length) in sorted(_places(data_dir).items()):
+        with _segment(data_dir, segment).open("rb") as f:
+            f.seek(offset)
+            out[run_id] = f.read(length)
+    return out
+
+
+def rewrite_stored(data_dir: Path, run_id: str, data: bytes) -> None:
+    """Replace a run's current bytes behind the worker's back, as someone with the disk could:
+    the new bytes in a segment file of their own, the run's place moved to them."""
+    with closing(sqlite3.connect(data_dir / "log.sqlite")) as db, db:
+        segment = db.execute("INSERT INTO segments (started_at) VALUES ('forged')").lastrowid
+        assert segment is not None
+        _segment(data_dir, segment).write_bytes(data + b"\n")
+        moved = db.execute(
+            "UPDATE places SET segment = ?, offset = 0, length = ? WHERE run_id = ?",
+            (segment, len(data), run_id),
+        )
+        assert moved.rowcount == 1, f"{run_id} is not stored in {data_dir}"
+
+
+def delete_stored(data_dir: Path, run_id: str) -> None:
+    """Remove a run from a files store behind the worker's back (its place)."""
+    with closing(sqlite3.connect(data_dir / "log.sqlite")) as db, db:
+        gone = db.execute("DELETE FROM places WHERE run_id = ?", (run_id,))
+        assert gone.rowcount == 1, f"{run_id} is not stored in {data_dir}"
 
 
 async def run_count(client: RunsClient, data_dir: Path) -> int:
-    """Runs in the worker's store: artifact files in its data dir (files store), else keys of
-    the ``RMOS_RUNS`` bucket (jetstream store; one value a key)."""
-    if (data_dir / "runs").exists():
-        return len(run_files(data_dir))
+    """Runs in the worker's store: places in its data dir (files store), else keys of the
+    ``RMOS_RUNS`` bucket (jetstream store; one value a key)."""
+    if (data_dir / "segments").is_dir():
+        return len(_places(data_dir))
     return (await client.js.stream_info("KV_RMOS_RUNS")).state.messages
 
 
 async def tamper(
     client: RunsClient, data_dir: Path, run_id: str, change: Callable[[bytes], bytes]
 ) -> None:
-    """Rewrite a stored artifact's bytes with ``change``, behind the worker's back: its file
-    (files store), else its value in the ``RMOS_RUNS`` bucket (jetstream store)."""
-    path = data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
-    if path.exists():
-        path.write_bytes(change(path.read_bytes()))
+    """Rewrite a stored artifact's bytes with ``change``, behind the worker's back: in its
+    data dir (files store), else its value in the ``RMOS_RUNS`` bucket (jetstream store)."""
+    if (data_dir / "segments").is_dir():
+        rewrite_stored(data_dir, run_id, change(stored_artifacts(data_dir)[run_id]))
         return
     subject = f"$KV.RMOS_RUNS.{run_id}"
     stored = await client.js.get_msg("KV_RMOS_RUNS", subject=subject)

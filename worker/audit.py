@@ -160,8 +160,13 @@ async def audit(args: argparse.Namespace, settings: Settings, url: str | None) -
 
 
 async def _files(data_dir: Path, stack: AsyncExitStack) -> FileStore:
-    if not (data_dir / "runs").is_dir():
-        raise UsageError(f"{data_dir} is not a files store's data dir (no runs/)")
+    if (data_dir / "runs").is_dir():
+        raise UsageError(
+            f"{data_dir} holds runs/, the layout of an older version: start this version's "
+            "worker on it once (it moves the runs into segments/), then audit it"
+        )
+    if not (data_dir / "log.sqlite").is_file():
+        raise UsageError(f"{data_dir} is not a files store's data dir (no log.sqlite)")
     store = FileStore(data_dir)
     await asyncio.to_thread(store.log.open)
     stack.callback(store.log.close)

@@ -2,12 +2,12 @@
 
 A worker process runs on one core at a time (CPython's GIL): validation, hashing and the group
 commit share it. Workers are built to run side by side on one data dir and one durable consumer
-(create-if-absent by ``os.link``, a temp dir per process, compare-and-swap updates under
-``flock``, SQLite in WAL mode), so ``rmos-runs worker --processes N`` starts N-1 more workers
-beside itself, on the same NATS URL and data dir, and the batches spread over N cores. They
-connect as the first does: the URL and every connection setting (user, password, token, nkey
-seed, creds, TLS files) go to them in their environment, never on a command line (which any
-user of the host can read).
+(create-if-absent in one ``log.sqlite`` transaction, a segment and a temp dir per process,
+compare-and-swap updates under ``flock``, SQLite in WAL mode), so ``rmos-runs worker --processes
+N`` starts N-1 more workers beside itself, on the same NATS URL and data dir, and the batches
+spread over N cores. They connect as the first does: the URL and every connection setting (user,
+password, token, nkey seed, creds, TLS files) go to them in their environment, never on a
+command line (which any user of the host can read).
 
 The group lives and stops as one: a SIGTERM to the first process stops the others; when one of
 them exits on its own, the others are stopped and the first exits 1, for the service manager to

@@ -4,11 +4,10 @@ The step is reached through the real code path; only the primitive at that step 
 the commit logic under test is the production one. The process dies with ``os._exit(137)``, as
 abruptly as a SIGKILL: no flush, no ack, no clean-up.
 
-    before_flush         temp files written, not yet flushed
-    after_flush          flushed, nothing linked into place
-    mid_link             some runs linked, the rest not
-    before_leaves        all linked and indexed, the batch's leaves not yet in the Merkle log
-    before_second_flush  all linked and logged, not yet flushed
+    before_flush         the batch appended to the segment, not yet flushed
+    after_flush          flushed, nothing placed (the log.sqlite transaction not begun)
+    before_index         placed and logged, not yet in the index
+    before_second_flush  placed, logged and indexed, not yet flushed
     before_ack           all durable, nothing acknowledged
     before_request       a run stored PENDING, its explanation request not yet published
 """
@@ -24,10 +23,11 @@ from nats.aio.msg import Msg
 from worker import cli
 from worker.explanations import Explanations
 from worker.store.durable import Flusher
-from worker.store.merkle_log import MerkleLog
+from worker.store.index import RunIndex
+from worker.store.run_log import RunLog
+from worker.store.segments import Segments
 
 CRASHED = 137
-LINKS_BEFORE_CRASH = 5
 
 
 def _die() -> None:
@@ -42,34 +42,40 @@ def install(step: str) -> None:
 
 
 def _install_commit(step: str) -> None:
-    """The steps of the group commit: flushes, links of run files, the Merkle log."""
-    flushes = 0
-    links = 0
-    real_flush, real_link, real_append = Flusher.flush, os.link, MerkleLog.append
+    """The steps of the group commit: the segment's flush, the places, the index, the last flush."""
+    appended = placed = False
+    real_flush, real_append = Flusher.flush, Segments.append
+    real_create, real_upsert = RunLog.create, RunIndex.upsert
 
     def flush(self: Flusher, *args: Any, **kwargs: Any) -> None:
-        nonlocal flushes
-        flushes += 1  # call 1 is the store's open(); 2 and 3 belong to the first commit
-        if (step, flushes) in {("before_flush", 2), ("before_second_flush", 3)}:
+        if (step, appended, placed) in {
+            ("before_flush", True, False),
+            ("before_second_flush", True, True),
+        }:
             _die()
         real_flush(self, *args, **kwargs)
 
-    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-        nonlocal links
-        if f"{os.sep}runs{os.sep}" in os.fspath(dst):  # a run file (not a blob, not the key)
-            links += 1
-            if step == "after_flush" or (step == "mid_link" and links > LINKS_BEFORE_CRASH):
-                _die()
-        real_link(src, dst, *args, **kwargs)
-
-    def append(self: MerkleLog, records: Any) -> list[int]:
-        if step == "before_leaves" and records:
-            _die()
+    def append(self: Segments, records: Any) -> Any:
+        nonlocal appended
+        appended = True
         return real_append(self, records)
 
+    def create(self: RunLog, *args: Any) -> Any:
+        nonlocal placed
+        if step == "after_flush":
+            _die()
+        placed = True
+        return real_create(self, *args)
+
+    def upsert(self: RunIndex, artifacts: Any) -> None:
+        if step == "before_index" and placed:
+            _die()
+        real_upsert(self, artifacts)
+
     Flusher.flush = flush  # type: ignore[method-assign]
-    os.link = link
-    MerkleLog.append = append  # type: ignore[method-assign]
+    Segments.append = append  # type: ignore[method-assign]
+    RunLog.create = create  # type: ignore[method-assign,assignment]
+    RunIndex.upsert = upsert  # type: ignore[method-assign]
 
 
 def _install_delivery(step: str) -> None:

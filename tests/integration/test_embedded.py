@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support import WorkerProcess, eventually, run_files
+from tests.support import WorkerProcess, eventually, stored_artifacts
 from worker.client import RunsClient
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,12 @@ class TestEmbeddedServer:
         url_file = data / "nats" / "url"
 
         async def five_runs() -> bool | None:
-            return True if len(run_files(data)) == 5 else None
+            return True if len(stored_artifacts(data)) == 5 else None
 
         await eventually(five_runs, timeout=60)
         url = url_file.read_text().strip()
         async with await RunsClient.connect(url) as client:
-            runs = [await client.get(path.stem) for path in run_files(data)]
+            runs = [await client.get(run_id) for run_id in stored_artifacts(data)]
         by_event = {run["event_id"]: run for run in runs}
         assert by_event["demo-guarded"]["status"] == "BLOCKED"
         assert by_event["demo-guarded"]["meta"]["guard"]["claimed_status"] == "OK"
@@ -45,12 +45,12 @@ class TestEmbeddedServer:
 
         async def explained() -> bool | None:  # the guarded, blocked, error and child runs
             async with await RunsClient.connect(url) as c:
-                runs = [await c.get(p.stem) for p in run_files(data)]
+                runs = [await c.get(run_id) for run_id in stored_artifacts(data)]
             statuses = sorted(r["explanation_status"] for r in runs)
             return True if statuses == ["NONE", "READY", "READY", "READY", "READY"] else None
 
         await eventually(explained, timeout=30)
-        assert all("never-stored" not in p.read_text() for p in run_files(data))
+        assert all(b"never-stored" not in data for data in stored_artifacts(data).values())
         assert await proc.terminate() == 0
         assert not url_file.exists()
         assert not port_open(url), "the embedded server outlived the worker"

@@ -22,6 +22,7 @@ from tests.support import (
     dead_letters,
     event,
     eventually,
+    rewrite_stored,
     run_count,
     stored,
     wait_settled,
@@ -138,12 +139,13 @@ class TestRedelivery:
     """Transient failures are retried with a delay, then dead-lettered, never dropped."""
 
     @staticmethod
-    def break_shard(data_dir: Path, run_id: str) -> Path:
-        """Make the run's shard unwritable in a way root cannot ignore: a file in its place."""
-        shard = data_dir / "runs" / run_id[4:6]
-        shutil.rmtree(shard)
-        shard.write_text("not a directory")
-        return shard
+    def break_scratch(data_dir: Path) -> Path:
+        """Make the worker's temp dir (where each commit writes its intent) unwritable in a way
+        root cannot ignore: a file in its place."""
+        [scratch] = [p for p in (data_dir / "tmp").iterdir() if p.is_dir()]
+        shutil.rmtree(scratch)
+        scratch.write_text("not a directory")
+        return scratch
 
     async def test_redelivered_after_failure(
         self, nats_server: NatsServer, client: RunsClient, tmp_path: Path
@@ -153,7 +155,7 @@ class TestRedelivery:
         proc = WorkerProcess(nats_server.url, data, env={"RMOS_NAK_BASE_DELAY_S": "0.2"})
         await proc.start(client)
         run_id = derive_run_id("engine-a", "evt-retry")
-        shard = self.break_shard(data, run_id)
+        scratch = self.break_scratch(data)
         await client.publish_event(event("evt-retry"))
 
         async def redelivered() -> bool | None:
@@ -161,8 +163,8 @@ class TestRedelivery:
             return True if info.num_redelivered > 0 else None
 
         await eventually(redelivered)
-        shard.unlink()
-        shard.mkdir()
+        scratch.unlink()
+        scratch.mkdir()
         run = await stored(client, run_id)
         assert run["revision"] == 1
         await wait_settled(client.js)
@@ -177,8 +179,7 @@ class TestRedelivery:
         env = {"RMOS_MAX_DELIVER": "3", "RMOS_NAK_BASE_DELAY_S": "0.1"}
         proc = WorkerProcess(nats_server.url, data, env=env)
         await proc.start(client)
-        run_id = derive_run_id("engine-a", "evt-doomed")
-        self.break_shard(data, run_id)
+        self.break_scratch(data)
         await client.publish_event(event("evt-doomed"))
         await wait_settled(client.js)
         [(letter, _)] = await dead_letters(client.js)
@@ -196,8 +197,7 @@ class TestRedelivery:
         proc = WorkerProcess(nats_server.url, data, env=env)
         await proc.start(client)
         parent = await stored(client, (await client.create(event("parent"))).run_id)
-        shard = data / "runs" / parent["run_id"][4:6]
-        (shard / f"{parent['run_id']}.json").write_bytes(b"{torn")
+        rewrite_stored(data, parent["run_id"], b"{torn")
         await ensure_streams(client.js, client.subjects)
         bodies = [event(f"n-{i}") for i in range(20)]
         bodies.insert(10, event("child", parent_run_id=parent["run_id"]))

@@ -18,7 +18,9 @@ from tests.support import (
     attached_blob,
     event,
     eventually,
+    rewrite_stored,
     stored,
+    stored_artifacts,
     wait_settled,
 )
 from worker.client import RunsApiError, RunsClient
@@ -107,10 +109,9 @@ class TestMigrate:
         assert all(report["valid"] for report in before["verify"])
 
         # Another run under one of the same ids in the data dir: refused, reported, exit 1.
-        path = data / "runs" / run_ids[5][4:6] / f"{run_ids[5]}.json"
-        other = {**json.loads(path.read_bytes()), "notes": "another run"}
+        other = {**json.loads(stored_artifacts(data)[run_ids[5]]), "notes": "another run"}
         other["content_sha256"] = content_sha256(other)
-        path.write_bytes(encode(other))
+        rewrite_stored(data, run_ids[5], encode(other))
         code, out = await migrate(nats_server.url, data)
         assert code == 1
         assert "1 conflicts" in out

@@ -39,7 +39,7 @@ from nats.js.api import KeyValueConfig, StreamConfig
 
 from contracts.canonical import derive_run_id
 from contracts.subjects import Subjects
-from tests.support import ROOT, WorkerProcess, event, eventually, run_files, stored
+from tests.support import ROOT, WorkerProcess, event, eventually, stored, stored_artifacts
 from worker.client import RunsApiError, RunsClient
 from worker.connection import first_connect
 from worker.nats_server import NatsServer, find_binary
@@ -651,8 +651,8 @@ class TestMigrate:
         said = out.decode(errors="replace")
         assert proc.returncode == 0, said
         assert "violation" not in said.lower(), said
-        runs = run_files(source)
+        runs = stored_artifacts(source)
         assert runs
-        for path in runs:
-            copied = await deployment.operator.get(path.stem)
-            assert copied["content_sha256"] == json.loads(path.read_bytes())["content_sha256"]
+        for run_id, data in runs.items():
+            copied = await deployment.operator.get(run_id)
+            assert copied["content_sha256"] == json.loads(data)["content_sha256"]

@@ -32,7 +32,7 @@ async def test_a_blocked_run_waits_for_an_explainer(rmos_worker, rmos_client, rm
     assert run["decision"]["risk_level"] == "RED"
     pending = await wait_for_explanation(rmos_client, run["run_id"], "PENDING")
     assert pending["explanation_status"] == "PENDING"
-    assert (rmos_worker.data_dir / "runs").is_dir()
+    assert (rmos_worker.data_dir / "segments").is_dir()
 
 
 @pytest.mark.asyncio

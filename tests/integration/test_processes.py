@@ -16,7 +16,7 @@ from tests.support import (
     event,
     eventually,
     indexed_runs,
-    run_files,
+    stored_artifacts,
     wait_settled,
 )
 from worker.client import RunsClient
@@ -63,7 +63,7 @@ class TestProcessGroup:
         await asyncio.gather(*(client.publish_event(body) for body in bodies))
         await wait_settled(client.js)
         expected = {derive_run_id("engine-a", body["event_id"]) for body in bodies}
-        assert {path.stem for path in run_files(data)} == expected
+        assert set(stored_artifacts(data)) == expected
         assert indexed_runs(data) == expected
         assert await dead_letters(client.js) == []
         assert await proc.terminate() == 0

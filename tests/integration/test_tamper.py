@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,18 @@ from contracts.transparency import (
     sign_checkpoint,
     signature_valid,
 )
-from tests.support import BOTH_STORES, WorkerProcess, event, eventually, run_cli, stored, tamper
+from tests.support import (
+    BOTH_STORES,
+    WorkerProcess,
+    delete_stored,
+    event,
+    eventually,
+    rewrite_stored,
+    run_cli,
+    stored,
+    stored_artifacts,
+    tamper,
+)
 from worker.client import RunsApiError, RunsClient
 from worker.core.ingest import content_sha256
 from worker.nats_server import NatsServer
@@ -171,8 +183,7 @@ class TestUntouched:
             kv = await client.js.key_value("RMOS_RUNS")
             await kv.delete(gone["run_id"])
         else:
-            path = worker.data_dir / "runs" / gone["run_id"][4:6] / f"{gone['run_id']}.json"
-            path.unlink()
+            delete_stored(worker.data_dir, gone["run_id"])
         code, summary = await audit(worker)
         assert code == 1
         assert [(f["kind"], f["run_id"]) for f in summary["findings"]] == [
@@ -222,9 +233,11 @@ class TestHistoryTampering:
 
 
 def rewrite_log(data_dir: Path, records: list[dict[str, Any]]) -> MerkleLog:
-    """Replace ``log.sqlite`` by a log of ``records``, as someone with the data dir could."""
-    for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
-        (data_dir / name).unlink(missing_ok=True)
+    """Replace the log in ``log.sqlite`` by a log of ``records`` (the runs' places kept), as
+    someone with the data dir could."""
+    with closing(sqlite3.connect(data_dir / "log.sqlite")) as db, db:
+        db.execute("DELETE FROM leaves")
+        db.execute("DELETE FROM nodes")
     forged = MerkleLog(data_dir / "log.sqlite")
     forged.open()
     forged.append(records)
@@ -279,8 +292,7 @@ class TestLogTampering:
 
 
 async def read_artifact(worker: WorkerProcess, run_id: str) -> dict[str, Any]:
-    path = worker.data_dir / "runs" / run_id[4:6] / f"{run_id}.json"
-    document: dict[str, Any] = json.loads(path.read_bytes())
+    document: dict[str, Any] = json.loads(stored_artifacts(worker.data_dir)[run_id])
     return document
 
 
@@ -308,8 +320,7 @@ class TestOffline:
         code, out = await run_cli(*offline, "--public-key", str(pub), env={}, timeout=60)
         assert code == 0, out
         assert "audit: 2 runs, 4 revisions, 4 leaves, 1 checkpoints: no findings" in out
-        path = copy / "runs" / run["run_id"][4:6] / f"{run['run_id']}.json"
-        path.write_bytes(forge_decision(path.read_bytes()))
+        rewrite_stored(copy, run["run_id"], forge_decision(stored_artifacts(copy)[run["run_id"]]))
         code, out = await run_cli(*offline, "--public-key", str(pub), env={}, timeout=60)
         assert code == 1, out
         assert f"run.rewritten {run['run_id']}" in out
@@ -363,8 +374,24 @@ class TestLogApi:
         assert info.value.code == "INVALID_REQUEST"
 
 
+def _remove_log_file(data: Path) -> None:
+    for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
+        (data / name).unlink(missing_ok=True)
+
+
+def _before_the_log(data: Path) -> None:
+    """Turn a files data dir into one of the versions before the log: a file a run
+    (``runs/<xx>/<run_id>.json``), no segments, no ``log.sqlite``."""
+    for run_id, artifact in stored_artifacts(data).items():
+        path = data / "runs" / run_id[4:6] / f"{run_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(artifact)
+    shutil.rmtree(data / "segments")
+    _remove_log_file(data)
+
+
 class TestUpgrade:
-    """A data dir written before the log existed, and a log removed behind the worker's back."""
+    """A data dir written before the log existed, and a log emptied behind the worker's back."""
 
     @BOTH_STORES
     async def test_older_store_adopted(
@@ -379,10 +406,11 @@ class TestUpgrade:
         old = await blocked_run(client)
         revised = await revised_run(client)
         assert await first.terminate() == 0
-        for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
-            (data / name).unlink(missing_ok=True)  # as a data dir of the version before
         if "RMOS_STORE" in store_env:
+            _remove_log_file(data)
             await client.js.delete_stream("RMOS_LOG")  # as a jetstream store of that version
+        else:
+            _before_the_log(data)
         await client.js.purge_stream(client.subjects.checkpoints_stream)  # and no checkpoints
         second = WorkerProcess(nats_server.url, data, env=env)
         await second.start(client)
@@ -411,8 +439,7 @@ class TestUpgrade:
         run = await publish(client, "a")
         await covering(client, 1)
         assert await worker.terminate() == 0
-        for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
-            (worker.data_dir / name).unlink(missing_ok=True)
+        rewrite_log(worker.data_dir, []).close()
         await worker.start(client)
         assert "the Merkle log is empty but signed checkpoints of it exist" in worker.log()
         assert not (await client.verify(run["run_id"])).valid

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import delete_stored, rewrite_stored, stored_artifacts
 from worker.audit import _run as audit_pass
 from worker.core.ingest import content_sha256
 from worker.core.log_checks import Audit, LeafPass
@@ -51,10 +52,9 @@ async def tampered(tmp_path: Path) -> AsyncIterator[FileStore]:
 
         await store.update_run(rid(n), decide)
     store.close()
-    rewritten = store.run_path(rid(4))
-    forged = json.loads(rewritten.read_bytes()) | {"status": "OK"}
-    rewritten.write_text(json.dumps(forged, sort_keys=True, separators=(",", ":")))
-    store.run_path(rid(7)).unlink()
+    forged = json.loads(stored_artifacts(data)[rid(4)]) | {"status": "OK"}
+    rewrite_stored(data, rid(4), json.dumps(forged, sort_keys=True, separators=(",", ":")).encode())
+    delete_stored(data, rid(7))
     audited = FileStore(data)
     audited.log.open()
     yield audited

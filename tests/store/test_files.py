@@ -8,16 +8,16 @@ import json
 import multiprocessing
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import SmallDisk, temp_files
+from tests.support import SmallDisk, stored_artifacts, temp_files
 from worker.errors import StoreOutageError
-from worker.store.base import NewRun
+from worker.store.base import NewRun, StoredRun
 from worker.store.files import FileStore
 from worker.store.revisions import encode
 from worker.store.workspace import Workspace
@@ -37,6 +37,10 @@ def art(run_id: str, tag: str = "a") -> dict[str, Any]:
         "content_sha256": tag * 64,
         "hashes": {"event_sha256": tag * 64},
     }
+
+
+async def _all(store: FileStore) -> list[StoredRun]:
+    return [run async for run in store.stored_runs()]
 
 
 @pytest.fixture(params=[True, False], ids=["syncfs", "fsync"])
@@ -68,11 +72,64 @@ class TestCreate:
             assert (await store.get_run(rid(i))) is not None
 
     async def test_bytes_on_disk(self, store: FileStore) -> None:
-        """The file holds exactly the encoded artifact, in the run's shard."""
-        run_id = "run_ab" + "0" * 30
-        await store.create_runs([NewRun(run_id, art(run_id))])
-        path = store.runs_dir / "ab" / f"{run_id}.json"
-        assert path.read_bytes() == encode(art(run_id))
+        """A batch is one line a run in this process's segment, each the encoded artifact."""
+        runs = [art(rid(i)) for i in range(3)]
+        await store.create_runs([NewRun(a["run_id"], a) for a in runs])
+        [segment] = (store.root / "segments").iterdir()
+        assert segment.read_bytes() == b"".join(encode(a) + b"\n" for a in runs)
+        assert stored_artifacts(store.root) == {a["run_id"]: encode(a) for a in runs}
+
+    async def test_redelivery_writes_nothing(self, store: FileStore) -> None:
+        """A batch of runs that exist already appends no bytes and reports what is stored."""
+        await store.create_runs([NewRun(rid(1), art(rid(1)))])
+        [segment] = (store.root / "segments").iterdir()
+        size = segment.stat().st_size
+        again = await store.create_runs([NewRun(rid(1), art(rid(1), "b"))])
+        assert [(r.created, r.stored) for r in again] == [(False, art(rid(1)))]
+        assert segment.stat().st_size == size
+
+    async def test_new_segment_at_the_limit(self, store: FileStore) -> None:
+        """Past its size limit a process starts a new segment; runs in both read back."""
+        store.segments.limit = 1000
+        runs = [art(rid(i)) for i in range(40)]
+        for a in runs:
+            await store.create_runs([NewRun(a["run_id"], a)])
+        segments = sorted((store.root / "segments").iterdir())
+        assert len(segments) > 3
+        assert all(p.stat().st_size < 1000 + 400 for p in segments)
+        assert [await store.get_run(a["run_id"]) for a in runs] == runs
+        assert [r.run_id for r in await _all(store)] == [a["run_id"] for a in runs]
+
+    async def test_segment_gone(self, store: FileStore) -> None:
+        """A run whose segment was removed behind the store's back is damaged, not absent:
+        ``verify`` fails it and a full pass reads it as no bytes."""
+        await store.create_runs([NewRun(rid(1), art(rid(1)))])
+        [segment] = (store.root / "segments").iterdir()
+        segment.unlink()
+        checks = await store.verify_run(rid(1))
+        assert checks is not None
+        assert not all(check.ok for check in checks)
+        assert [(r.run_id, r.artifact) for r in await _all(store)] == [(rid(1), b"")]
+
+    async def test_failed_commit_leaves_unread_bytes(
+        self, store: FileStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Bytes appended by a commit that failed before its transaction name no run: the
+        retry stores the run, and every read sees only what was committed."""
+
+        def refuse(*_: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(store.log, "create", refuse)
+        with pytest.raises(StoreOutageError, match="disk I/O error"):
+            await store.create_runs([NewRun(rid(1), art(rid(1), "b"))])
+        monkeypatch.undo()
+        assert await store.get_run(rid(1)) is None
+        assert store.count_runs() == 0
+        [result] = await store.create_runs([NewRun(rid(1), art(rid(1)))])
+        assert result.created
+        assert await store.get_run(rid(1)) == art(rid(1))
+        assert [r.run_id for r in await _all(store)] == [rid(1)]
 
     async def test_no_temp_files_left(self, store: FileStore) -> None:
         """A commit leaves no temp file behind."""
@@ -108,7 +165,7 @@ class TestPaths:
     def test_bad_run_ids(self, tmp_path: Path, bad: str) -> None:
         """A string that is not a run id never becomes a path."""
         with pytest.raises(ValueError, match="not a run id"):
-            FileStore(tmp_path).run_path(bad)
+            FileStore(tmp_path).revisions.history_path(bad)
 
     def test_bad_blob_ids(self, tmp_path: Path) -> None:
         """A string that is not a sha256 never becomes a blob path."""
@@ -155,7 +212,7 @@ class TestAcrossProcesses:
             p.join(60)
         results = [out.get(timeout=5) for _ in procs]
         assert sorted(results) == [False, False, False, True]
-        stored = json.loads((tmp_path / "runs" / "00" / f"{rid(7)}.json").read_bytes())
+        stored = json.loads(stored_artifacts(tmp_path)[rid(7)])
         assert stored["hashes"]["event_sha256"][0] in "abcd"
 
     async def test_sweep_spares_live_processes(self, tmp_path: Path) -> None:
@@ -204,23 +261,27 @@ class TestAcrossProcesses:
 
 
 def _failing_writes(monkeypatch: pytest.MonkeyPatch, fail_at: int, code: int) -> None:
-    """``os.write`` fails with ``code`` from its ``fail_at``-th call on."""
-    real, calls = os.write, [0]
+    """``os.write`` and ``os.pwrite`` fail with ``code`` from their ``fail_at``-th call on."""
+    calls = [0]
 
-    def write(fd: int, data: Any) -> int:
-        calls[0] += 1
-        if calls[0] > fail_at:
-            raise OSError(code, os.strerror(code))
-        return real(fd, data)
+    def failing(real: Callable[..., int]) -> Callable[..., int]:
+        def write(*args: Any) -> int:
+            calls[0] += 1
+            if calls[0] > fail_at:
+                raise OSError(code, os.strerror(code))
+            return real(*args)
 
-    monkeypatch.setattr(os, "write", write)
+        return write
+
+    monkeypatch.setattr(os, "write", failing(os.write))
+    monkeypatch.setattr(os, "pwrite", failing(os.pwrite))
 
 
 class TestFailedWrites:
     """A write that fails leaves nothing in the temp dir and nothing half-made (issue 13): a live
     worker may fail thousands of commits during a disk-full outage."""
 
-    @pytest.mark.parametrize("fail_at", range(4))  # the intent, then each of three temp files
+    @pytest.mark.parametrize("fail_at", range(2))  # the intent, then the segment
     async def test_commit_cleans_up(
         self, store: FileStore, monkeypatch: pytest.MonkeyPatch, fail_at: int
     ) -> None:
@@ -238,7 +299,8 @@ class TestFailedWrites:
         self, store: FileStore, monkeypatch: pytest.MonkeyPatch, flush: int
     ) -> None:
         """An I/O error at either flush is an outage; retried, the same batch ends stored and
-        indexed (after the second flush failed, its runs are linked already: duplicates)."""
+        indexed (after the second flush failed, its runs are placed already: duplicates)."""
+        await store.create_runs([NewRun(rid(9), art(rid(9)))])  # the segment exists
         real, calls = store.workspace.flush, [0]
 
         def flaky(*args: Any, **kwargs: Any) -> None:
@@ -255,7 +317,7 @@ class TestFailedWrites:
         retried = await store.create_runs(runs)
         assert [c.created for c in retried] == [flush == 1] * 3
         assert [c.stored["run_id"] for c in retried] == [r.run_id for r in runs]
-        assert store.index.count() == 3
+        assert store.index.count() == 4
 
     async def test_index_failure_is_an_outage(
         self, store: FileStore, monkeypatch: pytest.MonkeyPatch
@@ -321,3 +383,64 @@ class TestStoredRuns:
             break
         await scan.aclose()
         assert [run.run_id async for run in store.stored_runs()]  # and a new scan works
+
+
+def _old_layout(data: Path, artifacts: list[dict[str, Any]]) -> None:
+    """Run files as the layout before segments kept them (``runs/<xx>/<run_id>.json``)."""
+    for a in artifacts:
+        path = data / "runs" / a["run_id"][4:6] / f"{a['run_id']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(a))
+
+
+class TestOlderLayout:
+    """A data dir of the one-file-a-run layout is moved into segments when it is opened."""
+
+    async def test_moved_at_open(self, tmp_path: Path) -> None:
+        """Every run file becomes a placed run, the files go, and the lost index is rebuilt."""
+        data = tmp_path / "data"
+        runs = [art(f"run_{n:02x}" + "0" * 30) for n in (0, 1, 0x1F, 0xFF)]
+        _old_layout(data, runs)
+        store = FileStore(data)
+        await store.open()
+        try:
+            assert not (data / "runs").exists()
+            assert [await store.get_run(a["run_id"]) for a in runs] == runs
+            assert sorted(store.run_ids()) == sorted(a["run_id"] for a in runs)
+            assert store.index.count() == 4
+        finally:
+            store.close()
+
+    async def test_move_resumed(self, tmp_path: Path) -> None:
+        """A start that finds run files beside placed runs (a move cut short) places the rest;
+        a run placed already keeps its place."""
+        data = tmp_path / "data"
+        store = FileStore(data)
+        await store.open()
+        await store.create_runs([NewRun(rid(1), art(rid(1)))])
+        store.close()
+        _old_layout(data, [art(rid(1), "b"), art(rid(2))])
+        again = FileStore(data)
+        await again.open()
+        try:
+            assert await again.get_run(rid(1)) == art(rid(1))
+            assert await again.get_run(rid(2)) == art(rid(2))
+            assert not (data / "runs").exists()
+        finally:
+            again.close()
+
+
+async def test_lost_places_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A data dir whose segments hold bytes but whose ``log.sqlite`` places nothing (the file
+    lost or replaced) starts with an error saying so, not as a store that was always empty."""
+    data = tmp_path / "data"
+    store = FileStore(data)
+    await store.open()
+    await store.create_runs([NewRun(rid(1), art(rid(1)))])
+    store.close()
+    for name in ("log.sqlite", "log.sqlite-wal", "log.sqlite-shm"):
+        (data / name).unlink(missing_ok=True)
+    again = FileStore(data)
+    await again.open()
+    again.close()
+    assert "log.sqlite places no run, yet segments/ holds" in caplog.text

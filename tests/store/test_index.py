@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from contracts.transparency import leaf_record
+from tests.support import rewrite_stored
 from worker.store.base import NewRun, Query
 from worker.store.files import FileStore
 from worker.store.index import RunIndex
-from worker.store.revisions import encode
+from worker.store.revisions import created_entry, encode
 
 
 def artifact(n: int, **fields: Any) -> dict[str, Any]:
@@ -210,14 +211,15 @@ class TestRepair:
         assert sorted(await ids_after_reopen(data)) == sorted(a["run_id"] for a in runs)
 
     async def test_interrupted_commit_indexed(self, tmp_path: Path) -> None:
-        """Runs linked by a process that died before its index transaction get indexed."""
+        """Runs placed by a process that died before its index transaction get indexed."""
         data = tmp_path / "data"
         first = FileStore(data)
         await first.open()
-        first.close()
         orphan = artifact(7)
-        path = first.run_path(orphan["run_id"])
-        path.write_bytes(encode(orphan))  # on disk, not in the index
+        data_of = encode(orphan)
+        record = leaf_record(orphan, created_entry(orphan), artifact_bytes=data_of)
+        first.log.create([record], first.segments.append([data_of]))  # stored, not indexed
+        first.close()
         dead = data / "tmp" / "dead-process"
         dead.mkdir()
         (dead / "commit.0.intent").write_text(f"{orphan['run_id']}\nrun_{'f' * 32}")
@@ -232,13 +234,13 @@ class TestRepair:
         runs = [artifact(i) for i in range(30)]
         await store.create_runs([NewRun(a["run_id"], a) for a in runs])
         changed = dict(runs[0], status="ERROR")
-        store.run_path(changed["run_id"]).write_bytes(encode(changed))
+        rewrite_stored(store.root, changed["run_id"], encode(changed))
         seen: list[int] = []
         assert store.reindex(progress=seen.append, chunk=10) == 30
         assert seen == [10, 20, 30]
         errors = await ids(store, Query(equals=(("status", "ERROR"),)))
         assert errors == [changed["run_id"]]
-        assert json.loads(store.run_path(changed["run_id"]).read_bytes())["status"] == "ERROR"
+        assert (await store.get_run(changed["run_id"]) or {})["status"] == "ERROR"
 
 
 class TestPendingExplanations:

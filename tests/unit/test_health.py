@@ -321,9 +321,9 @@ class TestSampler:
             oldest = pending_run(1, now - timedelta(seconds=90))
             runs = [oldest, pending_run(2, now - timedelta(seconds=500)), pending_run(3, None)]
             done = {**pending_run(0, None), "explanation_status": "READY"}
+            [place] = store.segments.append([encode(oldest)])
+            store.log.adopt_places([(oldest["run_id"], place)])  # stored (without a leaf)
             store.index.upsert([*runs, done])
-            path = store.runs_dir / oldest["run_id"][4:6] / f"{oldest['run_id']}.json"
-            path.write_bytes(encode(oldest))
             sampler = Sampler(
                 lambda: cast(JetStreamContext, FakeJs()), "S", "C", store,
                 health(FakeConnection()), clock=now.timestamp,

@@ -104,16 +104,36 @@ def read_cached(path: str, most: int = 1 << 16) -> bytes | None:
             return None
         # One byte more: a file grown since the fstat shows it. A short read is a file partly
         # cached (or changed since): the thread reads it all.
-        buffer = bytearray(size + 1)
-        try:
-            got = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
-        except OSError as exc:
-            if exc.errno in _WOULD_BLOCK:
-                return None
-            raise
-        return bytes(buffer[:size]) if got == size else None
+        return _pread_cached(fd, size, 0, size + 1)
     finally:
         os.close(fd)
+
+
+def read_range_cached(path: str, offset: int, length: int) -> bytes | None:
+    """``length`` bytes at ``offset`` when the kernel's caches hold them all, else None (as
+    ``read_cached``; a range cut short reads as None too: the thread's read says how short)."""
+    if not FAST_PATH_AVAILABLE:
+        return None
+    fd = _open_cached(path)
+    if fd is None:
+        return None
+    try:
+        return _pread_cached(fd, length, offset, length)
+    finally:
+        os.close(fd)
+
+
+def _pread_cached(fd: int, wanted: int, offset: int, size: int) -> bytes | None:
+    """``wanted`` bytes read from the page cache into a buffer of ``size``; None unless exactly
+    ``wanted`` came."""
+    buffer = bytearray(size)
+    try:
+        got = os.preadv(fd, [buffer], offset, os.RWF_NOWAIT)
+    except OSError as exc:
+        if exc.errno in _WOULD_BLOCK:
+            return None
+        raise
+    return bytes(buffer[:wanted]) if got == wanted else None
 
 
 def read_all(path: str, most: int = 1 << 16) -> bytes:

@@ -1,20 +1,25 @@
-"""The file store: one JSON file per run and content-addressed blobs, under one data dir.
+"""The file store: run revisions in append-only segments, blobs as files, under one data dir.
 
 Layout::
 
-    runs/<xx>/<run_id>.json     one artifact per run; <xx> = the two hex digits after "run_"
+    segments/<id>.jsonl         every revision's artifact, a line each (``segments``)
+    log.sqlite                  the Merkle log (a leaf per revision) and each run's *place*,
+                                where its current bytes are (``run_log``)
+    history/<xx>/<run_id>.jsonl the changes after creation, one line a revision (``revisions``)
     blobs/<xx>/<sha256>         attachment bytes, named by their SHA-256
     blobs/<xx>/<sha256>.json    the blob's kind, mime, filename and size, written before it
-    history/<xx>/<run_id>.jsonl the changes after creation, one line a revision (``revisions``)
-    index.sqlite                the ``list`` index, a projection of runs/ (see ``index``)
-    log.sqlite                  the Merkle log: a leaf per revision, subtree hashes (``merkle_log``)
+    index.sqlite                the ``list`` index, a projection of the placed runs (``index``)
     tmp/<process>/              temp files and intents of one live process (see ``workspace``)
 
-A file is created by writing a temp file, flushing, then ``os.link``-ing it to its final name:
-the link fails with EEXIST when the name exists (create-if-absent across processes), and a
-reader never sees a partial file. Runs are created a batch at a time: one flush for the temp
-files and the batch's intent, links, one index transaction, one log transaction (the leaves of
-the batch), one flush for links, index and log.
+Runs are created a batch at a time (a group commit): the batch's artifacts appended to this
+process's segment in one write and its intent written; one flush; one transaction of
+``log.sqlite`` that places and logs each run that has no place yet (create-if-absent, across
+processes); one index transaction; one flush for log and index. A run's place is its commit
+point: bytes no place names are never read.
+
+``<xx>`` is the two hex digits after "run_". Blobs are files: written as a temp file, flushed,
+then ``os.link``-ed to their name (EEXIST: stored already). The data dirs of older versions kept
+one file a run (``runs/<xx>/<run_id>.json``): opening one moves those into segments.
 """
 
 from __future__ import annotations
@@ -42,13 +47,15 @@ from worker.errors import StoreOutageError, TransientError
 from worker.store.base import BlobInfo, Created, Decide, Leaf, NewRun, Query, StoredRun
 from worker.store.cached_read import read_all, read_file
 from worker.store.index import RunIndex
-from worker.store.merkle_log import MerkleLog
 from worker.store.revisions import Revisions, created_entry, encode
+from worker.store.run_log import RunLog
+from worker.store.segments import Place, Segments
 from worker.store.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(RUN_ID_PATTERN)
+_RUN_FILE = re.compile(RUN_ID_PATTERN.strip("^$") + r"\.json")
 _SHA256 = re.compile(SHA256_PATTERN)
 _SHARDS = [f"{i:02x}" for i in range(256)]
 
@@ -69,17 +76,21 @@ class FileStore:
 
     def __init__(self, data_dir: Path, *, use_syncfs: bool = True) -> None:
         self.root = data_dir
-        self.runs_dir = data_dir / "runs"
         self.blobs_dir = data_dir / "blobs"
         self.workspace = Workspace(data_dir, use_syncfs=use_syncfs)
         # With syncfs the commit's last flush covers the index's WAL too; else SQLite fsyncs.
         self.index = RunIndex(data_dir / "index.sqlite", flushed_by_caller=self.workspace.batched)
-        self._log = MerkleLog(data_dir / "log.sqlite", flushed_by_caller=self.workspace.batched)
+        self._log = RunLog(data_dir / "log.sqlite", flushed_by_caller=self.workspace.batched)
+        self.segments = Segments(
+            data_dir / "segments", self._log.new_segment, lambda d: self.workspace.flush(dirs=[d])
+        )
         self.history_dir = data_dir / "history"
-        self.revisions = Revisions(self.history_dir, self.workspace, self.index, self._log)
+        self.revisions = Revisions(
+            self.history_dir, self.workspace, self.index, self._log, self.segments
+        )
 
     @property
-    def log(self) -> MerkleLog:
+    def log(self) -> RunLog:
         return self._log
 
     async def log_reaches(self, size: int, timeout: float) -> bool:
@@ -95,42 +106,39 @@ class FileStore:
         return await self.log_size()
 
     async def stored_runs(self) -> AsyncGenerator[StoredRun, None]:
-        """Every run with its history, a shard at a time: each shard is read in a thread while
-        the caller takes the one before (the loop stays free). One shard ahead, not more: a
-        reader thread running free raced the caller for the GIL and cost more than it gained.
-        Plain strings and system calls: an audit reads millions of files, and a ``Path`` a
-        file cost four times the read itself."""
-        ahead = asyncio.ensure_future(asyncio.to_thread(self._read_shard, _SHARDS[0]))
+        """Every run with its history, a chunk of places at a time: each chunk is read in a
+        thread while the caller takes the one before (the loop stays free). One chunk ahead,
+        not more: a reader thread running free raced the caller for the GIL and cost more than
+        it gained."""
+        ahead = asyncio.ensure_future(asyncio.to_thread(self._read_chunk, ""))
         try:
-            for after in [*_SHARDS[1:], None]:
+            while True:
                 runs = await ahead
-                if after is not None:
-                    ahead = asyncio.ensure_future(asyncio.to_thread(self._read_shard, after))
+                if not runs:
+                    return
+                ahead = asyncio.ensure_future(asyncio.to_thread(self._read_chunk, runs[-1].run_id))
                 for run in runs:
                     yield run
         finally:
             if not ahead.cancel():
                 ahead.exception()  # a read no one waits for may have failed: retrieved
 
-    def _read_shard(self, shard: str) -> list[StoredRun]:
-        history_dir = f"{self.history_dir}/{shard}"
-        with os.scandir(history_dir) as entries:
-            histories = {e.name[:-6] for e in entries if e.name.endswith(".jsonl")}
+    def _read_chunk(self, after: str, limit: int = 1000) -> list[StoredRun]:
+        """The runs after ``after`` with their bytes and history lines. Plain strings and
+        system calls: an audit reads millions of runs, and a ``Path`` a file cost four times
+        the read itself."""
+        placed = self._log.placed_after(after, limit)
         runs = []
-        with os.scandir(self.runs_dir / shard) as entries:
-            for entry in entries:
-                if not entry.name.endswith(".json"):
-                    continue
-                run_id = entry.name[:-5]
-                try:
-                    data = read_all(entry.path)
-                    lines = []
-                    if run_id in histories:
-                        lines = read_all(f"{history_dir}/{run_id}.jsonl").splitlines()
-                except FileNotFoundError:  # removed since the scan: the audit names it gone
-                    continue
-                runs.append(StoredRun(run_id, data, [x for x in lines if x]))
+        for run_id, data in zip((r for r, _ in placed), self._read_places(placed), strict=True):
+            try:
+                lines = read_all(f"{self.history_dir}/{run_id[4:6]}/{run_id}.jsonl").splitlines()
+            except FileNotFoundError:
+                lines = []
+            runs.append(StoredRun(run_id, data, [x for x in lines if x]))
         return runs
+
+    def _read_places(self, placed: Sequence[tuple[str, Place]]) -> list[bytes]:
+        return self.segments.read_many([place for _, place in placed])
 
     async def adopt_unlogged(self) -> int:
         """Log the runs stored before the log existed, as they stand now (an upgrade); returns
@@ -163,9 +171,9 @@ class FileStore:
         await asyncio.to_thread(self._open, rebuild_lost_index)
 
     def _open(self, rebuild_lost_index: bool) -> None:
-        parents = (self.runs_dir, self.blobs_dir, self.history_dir)
+        parents = (self.blobs_dir, self.history_dir)
         shards = [parent / s for parent in parents for s in _SHARDS]
-        unfinished = self.workspace.open(shards)
+        unfinished = self.workspace.open([self.segments.dir, *shards])
         fresh_index = self.index.open()
         self._log.open()
         if "stream_created" in self._log.state():  # a jetstream store's copy of its log
@@ -173,30 +181,65 @@ class FileStore:
         if "stream_created" in self.index.state():  # a jetstream store's projection was here
             self.index.clear({})
             fresh_index = True
-        if fresh_index and rebuild_lost_index and any(self._run_paths()):
+        self._move_run_files()
+        stored = bool(self._log.placed_after("", 1))
+        if not stored and (held := sum(p.stat().st_size for p in self.segments.dir.iterdir())):
+            log.error(
+                "log.sqlite places no run, yet segments/ holds %d bytes: log.sqlite was lost "
+                "or replaced, and the runs in those segments are not served",
+                held,
+            )
+        if fresh_index and rebuild_lost_index and stored:
             log.warning("no index (of this version) beside the runs: rebuilding it from them")
             self.reindex()
         elif unfinished:
-            found = [_load(p) for p in map(self.run_path, unfinished) if p.exists()]
+            found = self._current(unfinished)
             self.index.upsert(found)
-            self.revisions.log_current(found)
+            self.revisions.log_current(found)  # an older version's commits: leaves came last
             log.info("indexed %d runs of %d interrupted commits", len(found), len(unfinished))
+
+    def _move_run_files(self, chunk: int = 1000) -> None:
+        """Move the runs of an older version's layout (``runs/<xx>/<run_id>.json``) into
+        segments. A batch is appended, flushed, placed, flushed, and only then are its files
+        removed: a crash part way leaves files that the next start moves again (a run placed
+        already keeps its place). Their index rows and leaves are as that layout left them."""
+        legacy = self.root / "runs"
+        if not legacy.is_dir():
+            return
+        moved = 0
+        for shard in sorted(legacy.iterdir()):
+            paths = sorted(p for p in shard.iterdir() if _RUN_FILE.fullmatch(p.name))
+            for start in range(0, len(paths), chunk):
+                batch = paths[start : start + chunk]
+                places = self.segments.append([read_all(str(p)) for p in batch])
+                self.workspace.flush(files=[self.segments.path(places[0].segment)])
+                self._log.adopt_places(zip((p.stem for p in batch), places, strict=True))
+                self.workspace.flush()
+                for path in batch:
+                    path.unlink(missing_ok=True)
+                moved += len(batch)
+            shard.rmdir()
+        legacy.rmdir()
+        self.workspace.flush(dirs=[self.root])
+        log.warning("moved %d runs from runs/ (an older layout) into segments/", moved)
+
+    def _current(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The current artifacts of those of ``run_ids`` that are stored. Blocking."""
+        placed = list(self._log.places_of([r for r in run_ids if _RUN_ID.fullmatch(r)]).items())
+        return [json.loads(data) for data in self._read_places(placed)]
 
     def close(self) -> None:
         self.index.close()
         self._log.close()
+        self.segments.close()
         self.workspace.close()
 
-    def _run_paths(self) -> Iterator[Path]:
-        for shard in _SHARDS:
-            with os.scandir(self.runs_dir / shard) as entries:
-                for entry in entries:
-                    if entry.name.endswith(".json"):
-                        yield Path(entry.path)
-
     def run_ids(self) -> Iterator[str]:
-        """Every stored run id (a directory scan: for tools, never for queries)."""
-        return (path.stem for path in self._run_paths())
+        """Every stored run id, in order (a full pass: for tools, never for queries)."""
+        after = ""
+        while chunk := self._log.placed_after(after, 1000):
+            yield from (run_id for run_id, _ in chunk)
+            after = chunk[-1][0]
 
     def blob_hashes(self) -> Iterator[str]:
         """Every stored blob's sha256 (a directory scan, as ``run_ids``)."""
@@ -205,33 +248,28 @@ class FileStore:
                 yield from (e.name for e in entries if _SHA256.fullmatch(e.name))
 
     def count_runs(self) -> int:
-        """How many artifacts are on disk (a directory scan: for tools, never for queries)."""
-        return sum(1 for _ in self._run_paths())
+        """How many runs are stored (for tools, never for queries)."""
+        return self._log.count_placed()
 
     def reindex(self, progress: Callable[[int], None] | None = None, chunk: int = 1000) -> int:
         """Rebuild the index from every artifact (the one full scan). Blocking; returns runs."""
         self.index.clear()
-        done = 0
-        batch: list[dict[str, Any]] = []
-        for path in self._run_paths():
-            batch.append(_load(path))
-            if len(batch) == chunk:
-                self.index.upsert(batch)
-                done += len(batch)
-                batch.clear()
-                if progress is not None:
-                    progress(done)
-        self.index.upsert(batch)
-        return done + len(batch)
+        done, after = 0, ""
+        while placed := self._log.placed_after(after, chunk):
+            self.index.upsert(json.loads(data) for data in self._read_places(placed))
+            done += len(placed)
+            after = placed[-1][0]
+            if progress is not None:
+                progress(done)
+        return done
 
     async def list_runs(self, query: Query) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.index.query, query)
 
-    def run_path(self, run_id: str) -> Path:
-        """The file of a run; refuses anything that is not a valid run id."""
-        if not _RUN_ID.fullmatch(run_id):
-            raise ValueError(f"not a run id: {run_id!r}")
-        return self.runs_dir / run_id[4:6] / f"{run_id}.json"
+    def stored_bytes(self, run_id: str) -> bytes | None:
+        """A run's current bytes as stored (blocking), or None when it is absent."""
+        place = self._log.place_of(run_id)
+        return None if place is None else self.segments.read(place)
 
     def blob_path(self, sha256: str) -> Path:
         """The file of a blob; refuses anything that is not a SHA-256."""
@@ -240,7 +278,15 @@ class FileStore:
         return self.blobs_dir / sha256[:2] / sha256
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        data = await _read(self.run_path(run_id))
+        """On the loop when the place and the bytes are in the caches (see ``cached_read``),
+        else in one trip to a thread."""
+        try:
+            place = self._log.place_on_loop(run_id)
+            data = None if place is None else self.segments.read_cached(place)
+            if place is not None and data is None:
+                data = await asyncio.to_thread(self.segments.read, place)
+        except (OSError, sqlite3.Error) as exc:
+            raise _failed("read", exc) from exc
         return None if data is None else orjson.loads(data)
 
     async def verify_run(self, run_id: str) -> list[Check] | None:
@@ -248,10 +294,10 @@ class FileStore:
         return await asyncio.to_thread(self._verify, run_id)
 
     def _verify(self, run_id: str) -> list[Check] | None:
-        try:
-            artifact = parse_stored(self.run_path(run_id).read_bytes())
-        except FileNotFoundError:
+        data = self.stored_bytes(run_id)
+        if data is None:
             return None
+        artifact = parse_stored(data)
         if isinstance(artifact, Check):
             return [artifact]
         blobs = {sha: self._blob_facts(sha) for sha in attachment_hashes(artifact)}
@@ -268,11 +314,10 @@ class FileStore:
         self, run_id: str, decide: Decide, *, expected_revision: int | None = None
     ) -> tuple[dict[str, Any], bool] | None:
         """Compare-and-swap a change of a run (see ``revisions``); None when it is absent."""
-        path, now = self.run_path(run_id), utc_now()
-        update = self.revisions.update
+        now, update = utc_now(), self.revisions.update
         try:
             return await asyncio.to_thread(
-                update, path, decide, expected=expected_revision, now=now
+                update, run_id, decide, expected=expected_revision, now=now
             )
         except (OSError, sqlite3.Error) as exc:
             raise _failed(f"update of {run_id}", exc) from exc
@@ -293,38 +338,37 @@ class FileStore:
             raise _failed("group commit", exc) from exc
 
     def _commit(self, runs: Sequence[NewRun]) -> list[Created]:
-        """Group commit: write all, flush, link all, index, flush. Runs in a worker thread."""
-        finals = [self.run_path(run.run_id) for run in runs]
-        # The intent goes with the scratch only once links and index are durable, or after a
+        """Group commit: append, flush, place and log, index, flush. Runs in a worker thread."""
+        # Runs placed already (a redelivery, mostly) are not written again.
+        placed = self._log.places_of([run.run_id for run in runs])
+        new = [run for run in runs if run.run_id not in placed]
+        # The intent goes with the scratch only once log and index are durable, or after a
         # failure (the unacked batch is retried and repairs the index); a crash leaves it.
         with self.workspace.scratch() as scratch:
-            intent = scratch.intent(run.run_id for run in runs)
-            encoded = [encode(run.artifact) for run in runs]
-            temps = [
-                scratch.temp(run.run_id, data) for run, data in zip(runs, encoded, strict=True)
-            ]
-            self.workspace.flush(files=[intent, *temps])
+            if new:
+                intent = scratch.intent(run.run_id for run in new)
+                encoded = [encode(run.artifact) for run in new]
+                places = self.segments.append(encoded)
+                self.workspace.flush(files=[intent, self.segments.path(places[0].segment)])
+                records = [
+                    leaf_record(run.artifact, created_entry(run.artifact), artifact_bytes=data)
+                    for run, data in zip(new, encoded, strict=True)
+                ]
+                lost = self._log.create(records, places)  # another process placed these first
+                placed.update({r.run_id: p for r, p in zip(new, lost, strict=True) if p})
+            stored = self._read_places(list(placed.items()))
+            existing = dict(zip(placed, map(json.loads, stored), strict=True))
             results = [
-                Created(True, run.artifact) if _link(temp, final) else Created(False, _load(final))
-                for run, temp, final in zip(runs, temps, finals, strict=True)
+                Created(False, existing[run.run_id])
+                if run.run_id in existing
+                else Created(True, run.artifact)
+                for run in runs
             ]
-            # Runs that existed are indexed again from their file: a commit that linked them
+            # Runs that existed are indexed again from their bytes: a commit that placed them
             # and failed before its index transaction is repaired by the redelivery.
             self.index.upsert(result.stored for result in results)
-            # Leaves likewise: a run that exists from a crashed commit gets its leaf now.
-            self._log.append(
-                [
-                    leaf_record(
-                        r.stored,
-                        created_entry(r.stored),
-                        artifact_bytes=data if r.created else None,
-                    )
-                    for r, data in zip(results, encoded, strict=True)
-                    if r.stored.get("revision") == 1
-                ]
-            )
-            # One flush for the links, the index and the log together (see ``RunIndex``).
-            self.workspace.flush(dirs={final.parent for final in finals})
+            # One flush for the log and the index together (see ``RunIndex``).
+            self.workspace.flush()
         return results
 
     async def blob_size(self, sha256: str) -> int | None:
@@ -400,11 +444,6 @@ def _failed(what: str, exc: OSError | sqlite3.Error) -> TransientError:
     if isinstance(exc, sqlite3.OperationalError):  # full, I/O, read-only, locked: the index's
         return StoreOutageError(f"{what} failed: index: {exc}")
     return TransientError(f"{what} failed: index: {exc!r}")
-
-
-def _load(path: Path) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(path.read_bytes())
-    return document
 
 
 def _link(temp: Path, final: Path) -> bool:

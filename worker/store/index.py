@@ -1,7 +1,7 @@
 """The ``list`` index: a SQLite projection of the artifacts, rebuildable from them at any time.
 
 The artifacts stay the source of truth. The index is written in the same group commit as the
-runs (after their links, before anything is acked), and a commit that crashed in between is
+runs (after their places, before anything is acked), and a commit that crashed in between is
 repaired at start-up from its intent file (see ``workspace``): no query ever scans the store,
 and no write rewrites the whole index. A row must be durable before the intent that would redo
 it is dropped: SQLite runs in WAL mode, and where the store flushes with ``syncfs`` that flush

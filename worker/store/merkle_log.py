@@ -1,11 +1,11 @@
 """The Merkle log's leaves and subtree hashes in one SQLite file (``log.sqlite``).
 
-With the files store this file *is* the log: leaves are appended in the same group commit as the
-runs they name, after their links (a crash in between is repaired from the commit's intent, as
-the index is). With the JetStream store it is this host's copy of the log stream, applied in
-stream order with the stream sequence it reached. Either way proofs, roots and leaf look-ups are
-answered from here: ``leaves`` holds each record (``idx`` = its position in the tree), ``nodes``
-every perfect subtree's hash (``contracts.merkle``), so a root or a proof reads O(log² n) rows.
+With the files store this file *is* the log (``run_log`` adds where each run's bytes are): a
+run's leaf is appended in the same transaction as its place, in the group commit. With the
+JetStream store it is this host's copy of the log stream, applied in stream order with the
+stream sequence it reached. Either way proofs, roots and leaf look-ups are answered from here:
+``leaves`` holds each record (``idx`` = its position in the tree), ``nodes`` every perfect
+subtree's hash (``contracts.merkle``), so a root or a proof reads O(log² n) rows.
 
 Several processes may share the file: an append is one ``BEGIN IMMEDIATE`` transaction that
 reads the tree's size and frontier inside it, so two writers never fork the tree.
@@ -40,6 +40,8 @@ class LogOutOfOrderError(Exception):
 class MerkleLog(SqliteFile):
     """One ``log.sqlite``; safe to share between threads of a process and between processes."""
 
+    _cleared: tuple[str, ...] = ("leaves", "nodes", "state")  # what ``clear`` empties
+
     def open(self) -> None:
         self._open_writer()
         with self._transaction() as db:
@@ -53,14 +55,20 @@ class MerkleLog(SqliteFile):
         """Append each record whose (run id, revision) has no leaf yet, in one transaction;
         returns every record's position (the existing leaf's for those already logged)."""
         with self._transaction() as db:
-            logged = _positions(db, {r["run_id"] for r in records})
-            positions = [logged.get((r["run_id"], r["revision"])) for r in records]
-            size = _size(db)
-            fresh = [r for r, at in zip(records, positions, strict=True) if at is None]
-            keys = {(r["run_id"], r["revision"]) for r in fresh}
-            if len(keys) != len(fresh):
-                raise ValueError("two records for one revision in one append")
-            _insert(db, size, fresh)
+            return self._append_in(db, records)
+
+    def _append_in(self, db: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> list[int]:
+        """``append``'s work, inside a write transaction of the caller's."""
+        if not records:
+            return []
+        logged = _positions(db, {r["run_id"] for r in records})
+        positions = [logged.get((r["run_id"], r["revision"])) for r in records]
+        size = _size(db)
+        fresh = [r for r, at in zip(records, positions, strict=True) if at is None]
+        keys = {(r["run_id"], r["revision"]) for r in fresh}
+        if len(keys) != len(fresh):
+            raise ValueError("two records for one revision in one append")
+        _insert(db, size, fresh)
         it = iter(range(size, size + len(fresh)))
         return [at if at is not None else next(it) for at in positions]
 
@@ -77,7 +85,7 @@ class MerkleLog(SqliteFile):
     def clear(self, state: dict[str, str]) -> None:
         """Empty the copy and replace its state (a log stream that was recreated)."""
         with self._transaction() as db:
-            for table in ("leaves", "nodes", "state"):
+            for table in self._cleared:
                 db.execute(f"DELETE FROM {table}")
             db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", state.items())
 

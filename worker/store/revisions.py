@@ -4,22 +4,20 @@ Only ``meta``, ``advisory_inputs`` and the ``explanation_*`` fields ever change 
 ``change`` function decides what; the immutable core is checked here). One change is:
 
     lock the run's shard (flock: safe across processes, not only across tasks)
-    read the current artifact; refuse a stale ``expected_revision``
-    log the current revision if it has no leaf yet (its commit crashed before the leaf)
-    append the history entry of the new revision, write the new artifact to a temp file,
-    write an intent; one flush
-    rename the temp file over the artifact (atomic), refresh the index, append the new
-    revision's leaf to the Merkle log; one flush
+    read the current artifact (at the run's place); refuse a stale ``expected_revision``
+    log the current revision if it has no leaf yet (a run of an older version's layout)
+    append the history entry of the new revision, append the new artifact to this process's
+    segment, write an intent; one flush
+    move the run's place to the new bytes with the new revision's leaf (one transaction of
+    ``log.sqlite``), refresh the index; one flush
     unlock
 
-A crash after the rename but before the leaf leaves the intent: start-up logs the revision the
-artifact reached (``log_current``), as it refreshes the index.
-
-A crash after the history line but before the rename leaves a line for a revision the
-artifact never reached: readers keep only entries up to the artifact's revision, the last one
-written for each, so a retried change overwrites it. A line torn by a crash is skipped, and the
-next append ends it first; a failed append is cut off again. A failed change leaves no temp
-file or intent behind (``Workspace.scratch``).
+The transaction is the change's commit point. A crash before it leaves bytes no place names
+(never read) and maybe a history line for a revision the artifact never reached: readers keep
+only entries up to the artifact's revision, the last one written for each, so a retried change
+overwrites it. A line torn by a crash is skipped, and the next append ends it first; a failed
+append is cut off again. A crash after it leaves the intent: start-up refreshes the index. A
+failed change leaves no temp file or intent behind (``Workspace.scratch``).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,14 +33,18 @@ from pathlib import Path
 from typing import Any
 
 from contracts.canonical import canonical
+from contracts.models import RUN_ID_PATTERN
 from contracts.transparency import leaf_record
 from worker.core.ingest import content_sha256
 from worker.core.timefmt import utc_text
 from worker.errors import RevisionConflictError
 from worker.store.base import Change, Decide
 from worker.store.index import RunIndex
-from worker.store.merkle_log import MerkleLog
+from worker.store.run_log import RunLog
+from worker.store.segments import Segments
 from worker.store.workspace import Workspace
+
+_RUN_ID = re.compile(RUN_ID_PATTERN)
 
 
 def encode(document: dict[str, Any]) -> bytes:
@@ -54,19 +57,28 @@ class Revisions:
     """Updates and history of the runs under one data dir."""
 
     def __init__(
-        self, history_dir: Path, workspace: Workspace, index: RunIndex, merkle_log: MerkleLog
+        self,
+        history_dir: Path,
+        workspace: Workspace,
+        index: RunIndex,
+        run_log: RunLog,
+        segments: Segments,
     ) -> None:
         self.history_dir = history_dir
         self._workspace = workspace
         self._index = index
-        self._log = merkle_log
+        self._log = run_log
+        self._segments = segments
 
     def history_path(self, run_id: str) -> Path:
+        """The history file of a run; refuses anything that is not a valid run id."""
+        if not _RUN_ID.fullmatch(run_id):
+            raise ValueError(f"not a run id: {run_id!r}")
         return self.history_dir / run_id[4:6] / f"{run_id}.jsonl"
 
     @contextmanager
     def _locked(self, run_id: str) -> Iterator[None]:
-        fd = os.open(self.history_dir / run_id[4:6] / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.history_path(run_id).with_name(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -75,42 +87,42 @@ class Revisions:
 
     def update(
         self,
-        path: Path,
+        run_id: str,
         decide: Decide,
         *,
         expected: int | None,
         now: datetime,
     ) -> tuple[dict[str, Any], bool] | None:
-        """Apply ``decide`` to the run at ``path``; (artifact now, changed) or None if absent.
+        """Apply ``decide`` to the run; (artifact now, changed) or None if it is absent.
 
         Blocking: run it in a thread. Raises RevisionConflictError when ``expected`` is stale.
         """
-        run_id = path.stem
         with self._locked(run_id):
-            try:
-                current: dict[str, Any] = json.loads(path.read_bytes())
-            except FileNotFoundError:
+            place = self._log.place_of(run_id)
+            if place is None:
                 return None
+            current: dict[str, Any] = json.loads(self._segments.read(place))
             proposed = propose(run_id, current, decide, expected, now)
             if proposed is None:
                 return current, False
             new, entry = proposed
             self.log_current([current])
-            self._write(path, new, entry)
+            self._write(new, entry)
             return new, True
 
-    def _write(self, path: Path, new: dict[str, Any], entry: dict[str, Any]) -> None:
-        history = self.history_path(path.stem)
+    def _write(self, new: dict[str, Any], entry: dict[str, Any]) -> None:
+        run_id = new["run_id"]
+        history = self.history_path(run_id)
         line, data = encode(entry), encode(new)
         _append_line(history, line)
         with self._workspace.scratch() as scratch:
-            intent = scratch.intent([path.stem])
-            temp = scratch.temp(path.stem, data)
-            self._workspace.flush(files=[history, intent, temp])
-            os.replace(temp, path)
+            intent = scratch.intent([run_id])
+            [place] = self._segments.append([data])
+            self._workspace.flush(files=[history, intent, self._segments.path(place.segment)])
+            record = leaf_record(new, entry, artifact_bytes=data, entry_bytes=line)
+            self._log.revise(record, place)
             self._index.upsert([new])
-            self._log.append([leaf_record(new, entry, artifact_bytes=data, entry_bytes=line)])
-            self._workspace.flush(dirs=[path.parent])
+            self._workspace.flush()
 
     def log_current(self, artifacts: Iterable[dict[str, Any]]) -> None:
         """Give each artifact's current revision its leaf unless it has one (after a crash

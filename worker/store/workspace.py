@@ -1,8 +1,9 @@
 """The data directory's scratch space: temp files of one live process, and their flushing.
 
-Every durable file is written as a temp file under ``tmp/<process>/``, flushed, then linked into
-place. Temp files live apart from the runs and blobs (on the same file system, so that a link
-works) so that the leftovers of a crash are found without listing the store. Each process holds
+A durable file that is not appended to (a blob, its metadata) is written as a temp file under
+``tmp/<process>/``, flushed, then linked into place. Temp files live apart from the blobs (on the
+same file system, so that a link works) so that the leftovers of a crash are found without
+listing the store. Each process holds
 an ``flock`` on its own temp dir: start-up removes only the dirs whose owner is gone, so several
 workers may share one data dir.
 
