@@ -109,18 +109,16 @@ def read_cached(path: str, most: int = 1 << 16) -> bytes | None:
         os.close(fd)
 
 
-def read_range_cached(path: str, offset: int, length: int) -> bytes | None:
-    """``length`` bytes at ``offset`` when the kernel's caches hold them all, else None (as
-    ``read_cached``; a range cut short reads as None too: the thread's read says how short)."""
-    if not FAST_PATH_AVAILABLE:
-        return None
-    fd = _open_cached(path)
-    if fd is None:
-        return None
-    try:
-        return _pread_cached(fd, length, offset, length)
-    finally:
-        os.close(fd)
+def open_cached(path: str) -> int | None:
+    """A read-only descriptor of ``path`` when it resolves from the dentry cache, else None
+    (no fast path here, or a name the cache cannot answer for, a missing file included)."""
+    return _open_cached(path) if FAST_PATH_AVAILABLE else None
+
+
+def pread_cached(fd: int, offset: int, length: int) -> bytes | None:
+    """``length`` bytes at ``offset`` when the page cache holds them all, else None (a range
+    cut short reads as None too: the thread's read says how short)."""
+    return _pread_cached(fd, length, offset, length)
 
 
 def _pread_cached(fd: int, wanted: int, offset: int, size: int) -> bytes | None:

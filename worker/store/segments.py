@@ -22,7 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from worker.store.cached_read import read_range_cached
+from worker.store.cached_read import open_cached, pread_cached
+
+_READERS = 32  # segments whose descriptors ``read_cached`` keeps open
 
 
 class Place(NamedTuple):
@@ -52,6 +54,7 @@ class Segments:
         self._fd: int | None = None
         self._segment = 0
         self._size = 0
+        self._readers: dict[int, int] = {}  # segment -> descriptor, for ``read_cached``
 
     def path(self, segment: int) -> Path:
         return self.dir / f"{segment:08d}.jsonl"
@@ -85,7 +88,8 @@ class Segments:
         except BaseException:
             os.close(fd)
             raise
-        self.close()
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd, self._segment, self._size = fd, segment, 0
 
     def read(self, place: Place) -> bytes:
@@ -113,16 +117,27 @@ class Segments:
 
     def read_cached(self, place: Place) -> bytes | None:
         """The bytes at ``place`` when the kernel's caches hold them, else None (``cached_read``):
-        for the event loop, which never waits on a disk."""
-        try:
-            return read_range_cached(str(self.path(place.segment)), place.offset, place.length)
-        except FileNotFoundError:
-            return None  # the thread's read says so
+        for the event loop's thread only, which never waits on a disk. The descriptors of the
+        segments read last stay open (a segment is never rewritten): an open cost more than
+        the read."""
+        fd = self._readers.pop(place.segment, None)
+        if fd is None:
+            fd = open_cached(str(self.path(place.segment)))
+            if fd is None:
+                return None  # not cached, or gone: the thread's read says which
+        self._readers[place.segment] = fd  # the newest last
+        if len(self._readers) > _READERS:
+            os.close(self._readers.pop(next(iter(self._readers))))
+        return pread_cached(fd, place.offset, place.length)
 
     def close(self) -> None:
+        """Close this process's segment (a new one is started at the next append) and the
+        loop's descriptors."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        while self._readers:
+            os.close(self._readers.popitem()[1])
 
 
 def _open(path: Path) -> int | None:
