@@ -3,12 +3,12 @@
 All in-process on this machine, stores under ``.bench-tmp/`` (the /work disk), removed at the end:
 
 1. ingest   ``FileStore.create_runs`` of N realistic artifacts, 256 a group commit (the worker's
-            batch), with the log and without it (``MerkleLog.append`` a no-op), alternating in
+            batch), with the log and without it (no leaf appended), alternating in
             one run, each on a fresh data dir; runs/s, median of ``--repeats``. The ratio is
             what the log costs the group commit (the worker's end-to-end rate includes NATS on
             top, so its ratio is closer to 1).
 1b. e2e    the real worker (``python -m worker.cli worker``, and ``bench/unlogged_worker.py``: the
-            same with ``MerkleLog.append`` a no-op) draining a backlog of N events on its own
+            same with no leaf appended) draining a backlog of N events on its own
             nats-server (``ingest_bench``'s phase 2b), alternating, median of ``--repeats``.
 2. proofs   a log of ``--leaves`` leaves (default 1M, appended 1000 a transaction); then for
             ``--samples`` random leaves: inclusion proof from the SQLite nodes, its verification,
@@ -93,9 +93,9 @@ async def ingest_once(data_dir: Path, events: int, logged: bool) -> float:
     shutil.rmtree(data_dir, ignore_errors=True)
     store = FileStore(data_dir)
     await store.open()
-    real = MerkleLog.append
+    real = MerkleLog._append_in
     if not logged:
-        MerkleLog.append = lambda self, records: []  # type: ignore[method-assign]
+        MerkleLog._append_in = lambda self, db, records: []  # type: ignore[method-assign]
     try:
         runs = [artifact(n) for n in range(events)]
         started = time.perf_counter()
@@ -104,7 +104,7 @@ async def ingest_once(data_dir: Path, events: int, logged: bool) -> float:
             await store.create_runs([NewRun(a["run_id"], a) for a in batch])
         elapsed = time.perf_counter() - started
     finally:
-        MerkleLog.append = real  # type: ignore[method-assign]
+        MerkleLog._append_in = real  # type: ignore[method-assign]
         store.close()
     return events / elapsed
 
