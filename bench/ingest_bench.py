@@ -210,16 +210,11 @@ def stored_bytes(data_dir: Path, run_ids: Sequence[str]) -> dict[str, bytes]:
             with contextlib.suppress(FileNotFoundError):
                 found[run_id] = (data_dir / "runs" / run_id[4:6] / f"{run_id}.json").read_bytes()
         return found
-    places: dict[str, tuple[int, int, int]] = {}
+    from worker.store.sqlite_file import select_in
+
+    query = "SELECT run_id, segment, offset, length FROM places WHERE run_id IN"
     with contextlib.closing(sqlite3.connect(data_dir / "log.sqlite")) as db:
-        for start in range(0, len(run_ids), 500):
-            chunk = run_ids[start : start + 500]
-            rows = db.execute(
-                "SELECT run_id, segment, offset, length FROM places WHERE run_id IN "
-                f"({', '.join('?' * len(chunk))})",
-                chunk,
-            )
-            places.update({row[0]: tuple(row[1:]) for row in rows})
+        places = {row[0]: row[1:] for row in select_in(db, query, run_ids)}
     found = {}
     for run_id, (segment, offset, length) in places.items():
         with (data_dir / "segments" / f"{segment:08d}.jsonl").open("rb") as f:

@@ -25,6 +25,7 @@ one file a run (``runs/<xx>/<run_id>.json``): opening one moves those into segme
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -218,10 +219,12 @@ class FileStore:
                 for path in batch:
                     path.unlink(missing_ok=True)
                 moved += len(batch)
-            shard.rmdir()
-        legacy.rmdir()
+        for path in [*legacy.iterdir(), legacy]:
+            with contextlib.suppress(OSError):  # not empty: files that are not runs stay
+                path.rmdir()
         self.workspace.flush(dirs=[self.root])
-        log.warning("moved %d runs from runs/ (an older layout) into segments/", moved)
+        if moved:
+            log.warning("moved %d runs from runs/ (an older layout) into segments/", moved)
 
     def _current(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
         """The current artifacts of those of ``run_ids`` that are stored. Blocking."""

@@ -21,7 +21,7 @@ from typing import Any
 from contracts import merkle
 from contracts.transparency import record_bytes
 from worker.store.base import Leaf
-from worker.store.sqlite_file import SqliteFile
+from worker.store.sqlite_file import SqliteFile, select_in
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS leaves (idx INTEGER PRIMARY KEY, run_id TEXT NOT NULL, "
@@ -144,24 +144,20 @@ class MerkleLog(SqliteFile):
         """For an audit: each run's leaves by revision, only ``revision``, ``artifact_sha256``
         and ``entry_sha256`` (read by SQLite from the records: no JSON parsed here)."""
         found: dict[str, list[dict[str, Any]]] = {run_id: [] for run_id in run_ids}
-        ids = list(run_ids)
+        query = (
+            "SELECT run_id, revision, json_extract(record, '$.artifact_sha256'), "
+            "json_extract(record, '$.entry_sha256') FROM leaves WHERE run_id IN"
+        )
         with self._reading() as db:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                rows = db.execute(
-                    "SELECT run_id, revision, json_extract(record, '$.artifact_sha256'), "
-                    "json_extract(record, '$.entry_sha256') FROM leaves WHERE run_id IN "
-                    f"({', '.join('?' * len(chunk))}) ORDER BY run_id, revision",
-                    chunk,
+            rows = select_in(db, query, list(run_ids), "ORDER BY run_id, revision")
+            for run_id, revision, artifact_sha256, entry_sha256 in rows:
+                found[run_id].append(
+                    {
+                        "revision": revision,
+                        "artifact_sha256": artifact_sha256,
+                        "entry_sha256": entry_sha256,
+                    }
                 )
-                for run_id, revision, artifact_sha256, entry_sha256 in rows:
-                    found[run_id].append(
-                        {
-                            "revision": revision,
-                            "artifact_sha256": artifact_sha256,
-                            "entry_sha256": entry_sha256,
-                        }
-                    )
         return found
 
     def leaves(self, start: int, end: int) -> list[Leaf]:
@@ -202,17 +198,9 @@ def _position(db: sqlite3.Connection, run_id: str, revision: int) -> int | None:
 
 def _positions(db: sqlite3.Connection, run_ids: set[str]) -> dict[tuple[str, int], int]:
     """(run id, revision) -> position of every leaf of these runs, a few queries a batch."""
-    found: dict[tuple[str, int], int] = {}
-    ids = sorted(run_ids)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = db.execute(
-            "SELECT run_id, revision, idx FROM leaves WHERE run_id IN "
-            f"({', '.join('?' * len(chunk))})",
-            chunk,
-        )
-        found.update({(run_id, revision): idx for run_id, revision, idx in rows})
-    return found
+    query = "SELECT run_id, revision, idx FROM leaves WHERE run_id IN"
+    rows = select_in(db, query, sorted(run_ids))
+    return {(run_id, revision): idx for run_id, revision, idx in rows}
 
 
 def _node_reader(db: sqlite3.Connection) -> merkle.NodeAt:

@@ -21,13 +21,13 @@ from typing import Any
 from worker.core.timefmt import utc_now, utc_text
 from worker.store.merkle_log import MerkleLog
 from worker.store.segments import Place
+from worker.store.sqlite_file import select_in
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS places (run_id TEXT PRIMARY KEY, segment INTEGER NOT NULL, "
     "offset INTEGER NOT NULL, length INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS segments (id INTEGER PRIMARY KEY, started_at TEXT NOT NULL)",
 ]
-_CHUNK = 500  # run ids a query (SQLite's host parameters are limited)
 
 
 class RunLog(MerkleLog):
@@ -150,14 +150,7 @@ def _place(db: sqlite3.Connection, run_id: str) -> Place | None:
 
 
 def _places(db: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, Place]:
-    found: dict[str, Place] = {}
-    ids = list(run_ids)
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        rows = db.execute(
-            "SELECT run_id, segment, offset, length FROM places WHERE run_id IN "
-            f"({', '.join('?' * len(chunk))})",
-            chunk,
-        )
-        found.update({row[0]: Place(*row[1:]) for row in rows})
-    return found
+    rows = select_in(
+        db, "SELECT run_id, segment, offset, length FROM places WHERE run_id IN", run_ids
+    )
+    return {row[0]: Place(*row[1:]) for row in rows}

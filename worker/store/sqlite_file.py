@@ -13,9 +13,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class SqliteFile:
@@ -70,6 +71,16 @@ class SqliteFile:
         assert self._reader is not None, f"open() {self.path.name} first"
         with self._read_lock:
             yield self._reader
+
+
+def select_in(
+    db: sqlite3.Connection, query: str, ids: Sequence[str], after: str = "", chunk: int = 500
+) -> Iterator[Any]:
+    """The rows of ``query`` (which ends in ``IN``) for ``ids``, then ``after`` (an ORDER BY),
+    a few hundred ids a statement: SQLite limits a statement's parameters."""
+    for start in range(0, len(ids), chunk):
+        part = ids[start : start + chunk]
+        yield from db.execute(f"{query} ({', '.join('?' * len(part))}) {after}", part)
 
 
 def to_wal(db: sqlite3.Connection, attempts: int = 100) -> None:
