@@ -65,11 +65,17 @@ async def wait_settled(js: JetStreamContext, timeout: float = 30.0) -> None:
 
 def _places(data_dir: Path) -> dict[str, tuple[int, int, int]]:
     """run id -> (segment, offset, length) of its current bytes, from a files store's
-    ``log.sqlite`` read behind the worker's back; {} before the store first opened."""
-    if not (data_dir / "segments").is_dir():
+    ``log.sqlite`` read behind the worker's back; {} until the store has opened it."""
+    path = data_dir / "log.sqlite"
+    if not (data_dir / "segments").is_dir() or not path.is_file():
         return {}
-    with closing(sqlite3.connect(data_dir / "log.sqlite")) as db:
-        rows = db.execute("SELECT run_id, segment, offset, length FROM places").fetchall()
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            rows = db.execute("SELECT run_id, segment, offset, length FROM places").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # the store is opening: its tables come next
+                return {}
+            raise
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
