@@ -32,7 +32,9 @@ __all__ = [
     "NonCanonicalValueError",
     "canonical",
     "derive_run_id",
+    "normalize",
     "parse_json",
+    "plain_canonical",
     "sha256_file",
     "sha256_hex",
     "sha256_json",
@@ -299,22 +301,37 @@ def canonical(value: Any) -> bytes:
     Raises NonCanonicalValueError for integers beyond ±(2**53 - 1), InvalidJsonError for NaN,
     Infinity, lone surrogates and nesting too deep, TypeError for values that are not JSON types.
     """
+    value, plain = normalize(value)
     try:
-        fast = _fast_path_safe(value)
-        if not fast:  # most often only integral floats (110.0): as ints, json.dumps writes JCS
-            value = _integral_floats_as_ints(value)
-            fast = _fast_path_safe(value)
-        if fast:
-            return _fast(value)
-        return _slow(value)
+        return plain_canonical(value) if plain else _slow(value)
     except RecursionError:
         raise InvalidJsonError("nesting too deep") from None
 
 
-def _fast(value: Any) -> bytes:
-    """JCS bytes of a value the walk found safe: orjson (sorted keys, shortest round-trip
-    floats, the same escapes) writes the bytes json.dumps would, ~10 times sooner; a type it
-    does not write (a float subclass) goes through json.dumps."""
+def normalize(value: Any) -> tuple[Any, bool]:
+    """``value`` with its integral floats as the ints they equal when that makes it *plain*, and
+    whether it is: then ``plain_canonical`` writes its JCS bytes, and those of any part of it.
+
+    One walk (two when floats were turned). A value built from plain parts and from strings,
+    bools, None, safe ints and lists and objects with keys in the BMP is plain as well, so that
+    whoever normalized a document once may encode what they build from it without a walk.
+    Raises as ``canonical`` does.
+    """
+    try:
+        if _fast_path_safe(value):
+            return value, True
+        # Most often only integral floats (110.0): as ints, json.dumps writes JCS.
+        value = _integral_floats_as_ints(value)
+        return value, _fast_path_safe(value)
+    except RecursionError:
+        raise InvalidJsonError("nesting too deep") from None
+
+
+def plain_canonical(value: Any) -> bytes:
+    """JCS bytes of a plain value (see ``normalize``), without a walk: orjson (sorted keys,
+    shortest round-trip floats, the same escapes) writes the bytes json.dumps would, ~10 times
+    sooner; a type it does not write (a float subclass) goes through json.dumps. For a value
+    that is not plain the bytes may differ from ``canonical``'s."""
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:

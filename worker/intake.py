@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from contracts.codes import DeadLetterCode
-from worker.core.ingest import CheckedEvent, build_artifact, check_event
+from worker.core.ingest import CheckedEvent, build_artifact, check_event, encoded
 from worker.core.timefmt import utc_now
 from worker.errors import RejectedError, StoreOutageError
 from worker.store.base import NewRun, RunStore
@@ -103,7 +103,7 @@ class Intake:
         firsts, outcomes = prepared.firsts, prepared.outcomes
         try:
             results = await self._store.create_runs(
-                [NewRun(run_id, prepared.artifacts[run_id]) for run_id in firsts]
+                [_new_run(prepared, run_id, i) for run_id, i in firsts.items()]
             )
         except StoreOutageError:
             raise
@@ -165,6 +165,11 @@ class Intake:
                 event, parent=parent, stored_at=deliveries[i].stored_at, now=now
             )
         return artifacts
+
+
+def _new_run(prepared: Prepared, run_id: str, first: int) -> NewRun:
+    artifact = prepared.artifacts[run_id]
+    return NewRun(run_id, artifact, encoded(artifact, prepared.checked[first].plain))
 
 
 def _known(outcome: Outcome | None) -> Outcome:

@@ -24,7 +24,9 @@ from contracts.canonical import (
     _fast_path_safe,
     canonical,
     derive_run_id,
+    normalize,
     parse_json,
+    plain_canonical,
     sha256_file,
     sha256_hex,
     sha256_json,
@@ -248,6 +250,50 @@ class TestFastPath:
             == b'{"depth":1.25,"n":[0.5]}'
             == rfc8785.dumps({"depth": 1.25, "n": [0.5]})
         )
+
+
+# What a worker adds to what it normalized: its own strings, safe ints, bools and None under
+# ASCII keys.
+worker_made = st.dictionaries(
+    st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12),
+    st.one_of(st.none(), st.booleans(), safe_ints, texts, st.lists(texts, max_size=3)),
+    max_size=6,
+)
+
+
+class TestNormalize:
+    """``canonical`` in two steps, and what is built from plain parts encoded without a walk."""
+
+    @settings(max_examples=400)
+    @given(json_values)
+    @example({"a": [1.0, -0.0, 2.0**53]})
+    @example({"\U0001f600": 1.0})
+    def test_the_two_steps_are_canonical(self, value: Any) -> None:
+        normal, plain = normalize(value)
+        assert normal == value  # integral floats turned into the ints they equal, nothing else
+        assert plain is _fast_path_safe(normal)
+        if plain:
+            assert plain_canonical(normal) == rfc8785.dumps(value)
+
+    @settings(max_examples=400)
+    @given(st.lists(json_values, min_size=1, max_size=4), worker_made)
+    def test_built_from_plain_parts(self, parts: list[Any], made: dict[str, Any]) -> None:
+        """Every part of a plain value is plain, and so is what joins plain parts with values a
+        worker makes: that is what the intake relies on to encode an artifact without a walk."""
+        normals = [normalize(part) for part in parts]
+        assume(all(plain for _, plain in normals))
+        values = [normal for normal, _ in normals]
+        built = {**made, "parts": values, "first": values[0], "nested": {"v": values[-1:]}}
+        assert plain_canonical(built) == rfc8785.dumps(built)
+        for value in values:
+            for part in value.values() if isinstance(value, dict) else [value]:
+                assert plain_canonical(part) == rfc8785.dumps(part)
+
+    def test_a_value_that_is_not_plain_is_the_callers_to_route(self) -> None:
+        normal, plain = normalize({"\U0001f600": 1, "\ue000": 2.0})
+        assert normal == {"\U0001f600": 1, "\ue000": 2}
+        assert not plain
+        assert plain_canonical(normal) != canonical(normal) == rfc8785.dumps(normal)
 
 
 class TestLegacyCompatibility:

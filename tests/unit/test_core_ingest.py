@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import rfc8785
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from contracts.canonical import derive_run_id, sha256_json
 from contracts.models import RunArtifact
@@ -15,9 +18,13 @@ from worker.core.ingest import (
     build_artifact,
     check_event,
     content_sha256,
+    drop_nulls,
+    encoded,
     guard_violations,
 )
 from worker.errors import RejectedError
+
+from .test_canonical import json_values
 
 STORED_AT = datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)
 NOW = datetime(2026, 11, 24, 10, 0, 1, tzinfo=UTC)
@@ -205,6 +212,32 @@ class TestArtifact:
         }
         assert content_sha256(changed) == art["content_sha256"]
         assert content_sha256({**art, "status": "ERROR"}) != art["content_sha256"]
+
+
+class TestEncodedOnce:
+    """An event is walked once; its hashes and its artifact's bytes are what a full walk gives."""
+
+    @settings(max_examples=300)
+    @given(
+        st.dictionaries(st.text(max_size=6), json_values, max_size=5),
+        json_values,
+        st.dictionaries(st.text(max_size=6).filter(lambda k: k != "guard"), json_values),
+        st.booleans(),
+    )
+    @example({"whole": 120.0, "tiny": 1e-7}, {"ring": [1.0, -0.0]}, {}, False)
+    @example({"\U0001f600": 1.5}, None, {"\ue000": 2.0}, True)
+    def test_same_bytes_as_a_full_walk(
+        self, feasibility: dict[str, Any], request: Any, meta: dict[str, Any], explain: bool
+    ) -> None:
+        body = ev(feasibility=feasibility, request=request, meta=meta, explain=explain)
+        checked = check_event(json.dumps(body).encode(), subject_source=None, max_bytes=1 << 20)
+        assert checked.event_sha256 == sha256_json(drop_nulls(body))
+        art = build_artifact(checked, parent=None, stored_at=STORED_AT, now=NOW)
+        assert encoded(art, checked.plain) == rfc8785.dumps(art)
+        assert art["content_sha256"] == content_sha256(art)
+        assert art["hashes"]["feasibility_sha256"] == sha256_json(drop_nulls(body)["feasibility"])
+        if request is not None:
+            assert art["hashes"]["request_sha256"] == sha256_json(request)
 
 
 class TestCreationPolicy:

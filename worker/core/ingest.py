@@ -17,8 +17,12 @@ from pydantic import ValidationError
 from contracts.canonical import (
     InvalidJsonError,
     NonCanonicalValueError,
+    canonical,
     derive_run_id,
+    normalize,
     parse_json,
+    plain_canonical,
+    sha256_hex,
     sha256_json,
 )
 from contracts.codes import DeadLetterCode
@@ -32,6 +36,8 @@ ARTIFACT_SCHEMA = "rmos.run_artifact.v1"
 _TYPED_OBJECTS = ("decision", "hashes", "outputs")
 _NOT_KEPT = frozenset({"request", "explain", "hashes", "schema"})
 _GUARD_RISKS = {"RED", "UNKNOWN", "ERROR"}
+# The hashes the worker computes when the event does not give them: field, the content hashed.
+_HASHED = (("feasibility_sha256", "feasibility"), ("request_sha256", "request"))
 DRIFT_PATHS = (
     "hashes.feasibility_sha256",
     "hashes.toolpaths_sha256",
@@ -51,11 +57,14 @@ MUTABLE_KEYS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class CheckedEvent:
-    """A valid event: the parsed dict (nulls dropped), its identity and what it refers to."""
+    """A valid event: the parsed dict (nulls dropped, normalized), its identity and what it
+    refers to. ``plain``: the event is plain (``contracts.canonical.normalize``), so what is
+    built from it is encoded without another walk."""
 
     event: dict[str, Any]
     run_id: str
     event_sha256: str
+    plain: bool = False
 
     @property
     def parent_run_id(self) -> str | None:
@@ -87,17 +96,23 @@ def check_event(raw: bytes, *, subject_source: str | None, max_bytes: int) -> Ch
     event = drop_nulls(parsed)
     _validate_schema(event)
     try:
-        event_sha256 = sha256_json(event)
+        event, plain = normalize(event)
     except NonCanonicalValueError as exc:
         raise RejectedError(DeadLetterCode.SCHEMA_VIOLATION, str(exc)) from None
+    event_sha256 = sha256_hex(encoded(event, plain))
     if subject_source is not None and event["source"] != subject_source:
         raise RejectedError(
             DeadLetterCode.SOURCE_MISMATCH,
             f"source {event['source']!r} is not the subject's last token {subject_source!r}",
         )
-    _check_given_hashes(event)
+    _check_given_hashes(event, plain)
     run_id = event.get("run_id") or derive_run_id(event["source"], event["event_id"])
-    return CheckedEvent(event=event, run_id=run_id, event_sha256=event_sha256)
+    return CheckedEvent(event=event, run_id=run_id, event_sha256=event_sha256, plain=plain)
+
+
+def encoded(value: Any, plain: bool) -> bytes:
+    """``canonical(value)``; without a walk when ``value`` is made of plain parts only."""
+    return plain_canonical(value) if plain else canonical(value)
 
 
 def drop_nulls(event: dict[str, Any]) -> dict[str, Any]:
@@ -139,11 +154,11 @@ def describe_errors(exc: ValidationError, limit: int = 10) -> str:
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
-def _check_given_hashes(event: dict[str, Any]) -> None:
+def _check_given_hashes(event: dict[str, Any], plain: bool) -> None:
     given = event.get("hashes", {})
-    for field, content in (("feasibility_sha256", "feasibility"), ("request_sha256", "request")):
+    for field, content in _HASHED:
         if field in given and content in event:
-            actual = sha256_json(event[content])
+            actual = sha256_hex(encoded(event[content], plain))
             if actual != given[field]:
                 raise RejectedError(
                     DeadLetterCode.HASH_MISMATCH,
@@ -180,7 +195,7 @@ def build_artifact(
     _apply_guard(artifact, event)
     if "parent_run_id" in event:
         artifact.update(drift_against(artifact, parent))
-    artifact["content_sha256"] = content_sha256(artifact)
+    artifact["content_sha256"] = sha256_hex(encoded(immutable_core(artifact), checked.plain))
     explain = event.get("explain")
     if wants_explanation(explain, artifact["status"], lookup(artifact, "decision.risk_level")):
         request = Request(force=False, request_id=request_id_for(checked.run_id, 1), now=now)
@@ -196,10 +211,9 @@ def request_id_for(run_id: str, revision: int) -> str:
 def _artifact_hashes(checked: CheckedEvent) -> dict[str, Any]:
     event = checked.event
     hashes = dict(event.get("hashes", {}))
-    if "feasibility" in event:
-        hashes.setdefault("feasibility_sha256", sha256_json(event["feasibility"]))
-    if "request" in event:
-        hashes.setdefault("request_sha256", sha256_json(event["request"]))
+    for field, content in _HASHED:
+        if content in event and field not in hashes:
+            hashes[field] = sha256_hex(encoded(event[content], checked.plain))
     hashes["event_sha256"] = checked.event_sha256
     return hashes
 

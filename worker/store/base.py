@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from contracts.canonical import canonical
 from contracts.transparency import leaf_hash
 from worker.core.verify import Check
 
@@ -52,10 +53,16 @@ class Leaf:
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
-    """An artifact to create if its run id is absent."""
+    """An artifact to create if its run id is absent; ``data``: its canonical bytes, when the
+    caller has them already (the intake encodes what it built without another walk)."""
 
     run_id: str
     artifact: dict[str, Any]
+    data: bytes | None = None
+
+    def encoded(self) -> bytes:
+        """The bytes the run is stored as: ``canonical(artifact)``."""
+        return canonical(self.artifact) if self.data is None else self.data
 
 
 @dataclass(frozen=True, slots=True)

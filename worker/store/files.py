@@ -350,7 +350,7 @@ class FileStore:
         with self.workspace.scratch() as scratch:
             if new:
                 intent = scratch.intent(run.run_id for run in new)
-                encoded = [encode(run.artifact) for run in new]
+                encoded = [run.encoded() for run in new]
                 places = self.segments.append(encoded)
                 self.workspace.flush(files=[intent, self.segments.path(places[0].segment)])
                 records = [

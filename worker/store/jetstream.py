@@ -300,7 +300,7 @@ class JetStreamStore:
     async def _create(self, run: NewRun) -> Created:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: "0"}
         subject = self._run_subject(run.run_id)
-        data = encode(run.artifact)
+        data = run.encoded()
         try:
             ack = await self._publish(subject, data, headers, stream=self.runs_stream)
         except nats.js.errors.APIError:  # the key exists: who holds it?
